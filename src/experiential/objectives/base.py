@@ -1,0 +1,78 @@
+"""What every objective shares: paired student/teacher sequences over the same response tokens.
+
+An objective turns experiences into :class:`Pair` s (``prepare``) and pairs into a loss (``loss``).
+Replay anchors are pairs too: the teacher's context is the student's own, so the teacher is simply
+the frozen original model and the divergence keeps the student where it was.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+
+from ..config import ELConfig
+from ..experience import Experience
+from ..tokens import Batch, Sequence_, collate, response_logits
+
+
+@dataclass
+class Pair:
+    """A response scored under two contexts. ``kind`` is ``experience`` or ``anchor``."""
+
+    student: Sequence_
+    teacher: Sequence_
+    experience_id: str
+    kind: str = "experience"
+    response_text: str = ""
+
+    def __post_init__(self) -> None:
+        if self.student.response != self.teacher.response:
+            raise ValueError("student and teacher must score the same response tokens")
+
+
+class Objective(Protocol):
+    name: str
+
+    def prepare(self, model: Any, tok: Any, experiences: Sequence[Experience],
+                cfg: ELConfig) -> list[Pair]:
+        """Build the pairs to learn from (may generate text with the model)."""
+
+    def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: "TeacherModel",
+             pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean per-token loss over the pairs' response tokens, and metrics."""
+
+
+class TeacherModel:
+    """The frozen original model: the LoRA-wrapped student with its adapter disabled, or (full
+    fine-tuning) a separate frozen copy."""
+
+    def __init__(self, model: Any, frozen_copy: Any | None = None):
+        self.model, self.frozen_copy = model, frozen_copy
+
+    @contextmanager
+    def active(self) -> Iterator[Any]:
+        if self.frozen_copy is not None:
+            yield self.frozen_copy
+        elif hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.model
+
+    @torch.no_grad()
+    def logits(self, batch: Batch) -> torch.Tensor:
+        with self.active() as m:
+            was_training = m.training
+            m.eval()
+            try:
+                return response_logits(m, batch)
+            finally:
+                m.train(was_training)
+
+
+def batches(pairs: Sequence[Pair], pad_id: int, device: Any) -> tuple[Batch, Batch]:
+    return (collate([p.student for p in pairs], pad_id).to(device),
+            collate([p.teacher for p in pairs], pad_id).to(device))

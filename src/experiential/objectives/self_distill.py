@@ -1,0 +1,80 @@
+"""``self_distill``: the same model, shown the experience, teaches the model that sees only the task.
+
+Both contexts score the same response tokens: the attempt itself, or fresh samples from the
+student (on-policy). At every response position the student's next-token distribution is pulled
+towards the teacher's, so the feedback text becomes a dense, per-token signal.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..config import ELConfig
+from ..context import student_messages, teacher_messages
+from ..experience import Experience
+from ..generation import generate_ids
+from ..tokens import Sequence_, context_ids, response_ids, response_logits
+from .base import Pair, TeacherModel, batches
+from .divergence import token_divergence
+
+
+def make_pairs(tok: Any, exp: Experience, responses: Sequence[str | list[int]],
+               cfg: ELConfig) -> list[Pair]:
+    """Pairs for one experience; each response is text (tokenized on its own) or token ids."""
+    s_ctx = context_ids(tok, student_messages(exp))
+    t_ctx = context_ids(tok, teacher_messages(exp, cfg.context_design, cfg.context_template))
+    pairs = []
+    for r in responses:
+        resp = response_ids(tok, r) if isinstance(r, str) else list(r)
+        text = r if isinstance(r, str) else tok.decode(resp, skip_special_tokens=True)
+        if not resp:
+            continue
+        longest = max(len(s_ctx), len(t_ctx)) + len(resp)
+        if longest > cfg.max_length:
+            raise ValueError(f"experience {exp.id}: {longest} tokens with the experience context, "
+                             f"over max_length={cfg.max_length}")
+        pairs.append(Pair(Sequence_(s_ctx, resp), Sequence_(t_ctx, resp), exp.id,
+                          response_text=text))
+    return pairs
+
+
+def distill_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
+                 pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token divergence of the student from the teacher, ``[n_tokens]``, plus each token's
+    row index into ``pairs``."""
+    device = next(model.parameters()).device
+    s_batch, t_batch = batches(pairs, pad_id, device)
+    t_logits = teacher.logits(t_batch)
+    s_logits = response_logits(model, s_batch)
+    per_token = token_divergence(s_logits, t_logits, cfg)
+    rows = s_batch.response_mask.nonzero()[:, 0]
+    return per_token, rows
+
+
+class SelfDistill:
+    name = "self_distill"
+
+    def prepare(self, model: Any, tok: Any, experiences: Sequence[Experience],
+                cfg: ELConfig) -> list[Pair]:
+        if cfg.response == "attempt":
+            empty = [e.id for e in experiences if not e.attempt.strip()]
+            if empty:
+                raise ValueError(f"response='attempt' needs an attempt; empty in {empty[:5]} "
+                                 "(use response='samples' to distil on fresh samples)")
+            responses = [[e.attempt] for e in experiences]
+        else:
+            responses = generate_ids(model, tok, [student_messages(e) for e in experiences],
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 num_return_sequences=cfg.num_samples, seed=cfg.seed,
+                                 progress=cfg.progress)
+        pairs: list[Pair] = []
+        for exp, texts in zip(experiences, responses):
+            pairs += make_pairs(tok, exp, texts, cfg)
+        return pairs
+
+    def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
+             pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+        per_token, _ = distill_loss(model, pairs, cfg, teacher, pad_id)
+        return per_token.mean(), {"divergence": float(per_token.mean().detach())}

@@ -1,0 +1,99 @@
+"""Retention: does an update leave unrelated behaviour alone?
+
+Ten LoRA steps distilling one "the answer is A" experience once taught a model to answer A to an
+unrelated question (Paris: P(A) .31 -> .93). So every update scores a probe set of unrelated
+multiple-choice questions before and after, and reports the accuracy change and the mean KL between
+the original and the updated answer distributions. The probe set is disjoint from the replay
+anchors used in training, so retention is measured on prompts the update never saw.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from .scoring import option_logprobs
+
+if TYPE_CHECKING:
+    from .tasks.mc import MCQuestion
+
+
+@dataclass
+class Retention:
+    n: int
+    accuracy_before: float
+    accuracy_after: float
+    mean_kl: float
+    """Mean KL(before || after) of the answer-letter distributions, in nats."""
+    max_kl: float
+    letter_mass_before: list[float]
+    """Mean probability per letter before: a shift here is the "answer A" failure."""
+    letter_mass_after: list[float]
+
+    @property
+    def accuracy_change(self) -> float:
+        return self.accuracy_after - self.accuracy_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"accuracy_change": self.accuracy_change}
+
+    def describe(self) -> str:
+        fmt = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+        return (f"retention on {self.n} unrelated questions: accuracy "
+                f"{self.accuracy_before:.1%} -> {self.accuracy_after:.1%} "
+                f"({self.accuracy_change * 100:+.1f} points), mean KL {self.mean_kl:.4f} nats "
+                f"(max {self.max_kl:.3f}); letter mass {fmt(self.letter_mass_before)} -> "
+                f"{fmt(self.letter_mass_after)}")
+
+
+def probe_logprobs(model: Any, tok: Any, questions: Sequence["MCQuestion"],
+                   batch_size: int = 8) -> torch.Tensor:
+    """Renormalised log-probabilities over each question's letters, ``[n, n_letters]``."""
+    from .tasks.mc import LETTERS, format_mc
+
+    n_opts = max(len(q.choices) for q in questions)
+    if any(len(q.choices) != n_opts for q in questions):
+        raise ValueError("probe questions must all have the same number of choices")
+    options = [f" {c}" for c in LETTERS[:n_opts]]
+    prompts = [[{"role": "user", "content": format_mc(q)}] for q in questions]
+    return option_logprobs(model, tok, prompts, options, batch_size=batch_size).log_softmax(-1)
+
+
+def compare(before: torch.Tensor, after: torch.Tensor,
+            questions: Sequence["MCQuestion"]) -> Retention:
+    answers = torch.tensor([q.answer for q in questions])
+    kl = (before.exp() * (before - after)).sum(-1)
+    return Retention(
+        n=len(questions),
+        accuracy_before=float((before.argmax(-1) == answers).float().mean()),
+        accuracy_after=float((after.argmax(-1) == answers).float().mean()),
+        mean_kl=float(kl.mean()), max_kl=float(kl.max()),
+        letter_mass_before=[round(float(x), 4) for x in before.exp().mean(0)],
+        letter_mass_after=[round(float(x), 4) for x in after.exp().mean(0)])
+
+
+def load_probes(path: str | Path | None = None) -> list["MCQuestion"]:
+    """The built-in probe set, or a JSONL of ``{question, choices, answer}`` objects."""
+    from .tasks.mc import MCQuestion
+
+    if path is None:
+        from .probes import PROBE_MC
+
+        return list(PROBE_MC)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                d = json.loads(line)
+                try:
+                    out.append(MCQuestion(question=d["question"], choices=list(d["choices"]),
+                                          answer=int(d["answer"]), subject=d.get("subject", ""),
+                                          id=str(d.get("id", i))))
+                except (KeyError, TypeError, ValueError) as e:
+                    raise ValueError(f"{path}, line {i}: probe needs question, choices, answer "
+                                     f"({e})") from None
+    return out

@@ -1,0 +1,270 @@
+"""The EL update loop: experiences in, a LoRA (or full) weight update out.
+
+One readable loop, in the nanoGPT spirit:
+
+1. wrap the model with a LoRA adapter (or keep a frozen copy for full fine-tuning); the frozen
+   original is the teacher;
+2. turn experiences into student/teacher pairs with the configured objective;
+3. measure the in-context gap (what there is to learn) and the retention probes (what to keep);
+4. for each step: a batch of experience pairs plus a few replay anchors, gradient accumulation over
+   micro-batches, clip, AdamW step; stop early once the student has closed the gap;
+5. measure the residual gap and retention again, and report all of it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
+from .config import ELConfig
+from .experience import Experience
+from .gap import Gap, measure_gaps, summarize
+from .objectives import get_objective
+from .objectives.base import Pair, TeacherModel
+from .objectives.self_distill import distill_loss
+from .retention import Retention, compare, load_probes, probe_logprobs
+
+
+@dataclass
+class LearnResult:
+    """Everything an update measured. ``summary()`` is what the CLI prints."""
+
+    steps: int
+    stopped_early: bool
+    n_experiences: int
+    n_pairs: int
+    gaps_before: list[Gap]
+    gaps_after: list[Gap]
+    retention: Retention | None
+    losses: list[float]
+    divergences: list[float]
+    student_tokens: int
+    seconds: float
+    config: dict[str, Any]
+    adapter_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps, "stopped_early": self.stopped_early,
+            "n_experiences": self.n_experiences, "n_pairs": self.n_pairs,
+            "gap_before": summarize(self.gaps_before), "gap_after": summarize(self.gaps_after),
+            "gaps_before": [g.to_dict() for g in self.gaps_before],
+            "gaps_after": [g.to_dict() for g in self.gaps_after],
+            "retention": self.retention.to_dict() if self.retention else None,
+            "losses": self.losses, "divergences": self.divergences,
+            "student_tokens": self.student_tokens, "seconds": self.seconds,
+            "tokens_per_second": self.student_tokens / max(self.seconds, 1e-9),
+            "config": self.config, "adapter_path": self.adapter_path, **self.extra}
+
+    def summary(self) -> str:
+        b, a = summarize(self.gaps_before), summarize(self.gaps_after)
+        lines = [f"learned from {self.n_experiences} experience(s) ({self.n_pairs} response(s)) "
+                 f"in {self.steps} step(s), {self.seconds:.1f}s"
+                 + (" (stopped early: gap closed)" if self.stopped_early else "")]
+        if b:
+            lines.append(f"in-context gap before: mean {b['mean_gap']:+.3f} "
+                         f"(teacher {b['mean_p_teacher']:.3f} vs student {b['mean_p_student']:.3f}), "
+                         f"divergence {b['mean_divergence']:.3f}")
+        if a:
+            lines.append(f"residual gap after:    mean {a['mean_gap']:+.3f} "
+                         f"(teacher {a['mean_p_teacher']:.3f} vs student {a['mean_p_student']:.3f}), "
+                         f"divergence {a['mean_divergence']:.3f}")
+        if b and b["mean_gap"] < 0.05:
+            lines.append("warning: the teacher barely differs from the student: this feedback, in "
+                         "this context design, gives little to distil (try another "
+                         "--context-design, or feedback that states the fix)")
+        if self.retention:
+            lines.append(self.retention.describe())
+        if self.adapter_path:
+            lines.append(f"adapter saved to {self.adapter_path}")
+        return "\n".join(lines)
+
+
+class ExperientialTrainer:
+    """Apply EL updates to a Hugging Face causal LM.
+
+    >>> trainer = ExperientialTrainer(model, tokenizer, ELConfig(max_steps=10))
+    >>> result = trainer.learn(experiences)
+    >>> trainer.save("adapter/")
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: ELConfig | None = None, *,
+                 anchor_pairs: Sequence[Pair] | None = None, probes: Sequence[Any] | None = None):
+        self.cfg = config or ELConfig()
+        self.tok = tokenizer
+        self.objective = get_objective(self.cfg.objective)
+        self._seed()
+        self.model, frozen = self._wrap(model)
+        self.teacher = TeacherModel(self.model, frozen)
+        self._anchor_pairs = list(anchor_pairs) if anchor_pairs is not None else None
+        self._probes = list(probes) if probes is not None else None
+        self.result: LearnResult | None = None
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _seed(self) -> None:
+        random.seed(self.cfg.seed)
+        torch.manual_seed(self.cfg.seed)
+
+    def _wrap(self, model: Any) -> tuple[Any, Any | None]:
+        if not self.cfg.lora:
+            frozen = copy.deepcopy(model).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model, frozen
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(model, PeftModel):
+            return model, None
+        lora = LoraConfig(r=self.cfg.lora_r, lora_alpha=self.cfg.lora_alpha,
+                          lora_dropout=self.cfg.lora_dropout,
+                          target_modules=self.cfg.lora_target_modules, task_type="CAUSAL_LM")
+        return get_peft_model(model, lora), None
+
+    def anchor_pairs(self) -> list[Pair]:
+        if self._anchor_pairs is None:
+            if self.cfg.anchor_weight <= 0:
+                self._anchor_pairs = []
+            else:
+                if self.cfg.anchor_prompts:
+                    mc, chat = [], load_anchor_prompts(self.cfg.anchor_prompts)
+                else:
+                    mc, chat = default_anchor_prompts()
+                with self.teacher.active() as m:
+                    self._anchor_pairs = build_anchor_pairs(m, self.tok, mc, chat)
+        return self._anchor_pairs
+
+    def probes(self) -> list[Any]:
+        if self._probes is None:
+            self._probes = load_probes(self.cfg.retention_probes) if self.cfg.retention else []
+        return self._probes
+
+    # -- the update ----------------------------------------------------------------------------
+    def learn(self, experiences: Sequence[Experience]) -> LearnResult:
+        cfg, model, tok = self.cfg, self.model, self.tok
+        if not experiences:
+            raise ValueError("no experiences to learn from")
+        self._seed()
+        start = time.perf_counter()
+        with self.teacher.active() as base:
+            pairs = self.objective.prepare(base, tok, experiences, cfg)
+        if not pairs:
+            raise ValueError("the experiences produced no response tokens to learn from")
+        anchors = self.anchor_pairs()
+        gaps_before = measure_gaps(model, tok, pairs, cfg, self.teacher)
+        probes = self.probes()
+        before = None
+        if probes:
+            with self.teacher.active() as base:
+                before = probe_logprobs(base, tok, probes)
+
+        n_steps = cfg.max_steps if cfg.epochs is None else \
+            max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
+        stream, anchor_stream = _cycle(pairs, cfg.seed), _cycle(anchors, cfg.seed + 1)
+        losses, divergences, tokens = [], [], 0
+        stopped_early, step = False, 0
+        on_policy = cfg.response == "samples" and cfg.objective == "self_distill"
+        model.train()
+        bar = _progress(n_steps, cfg.progress)
+        steps_per_pass = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        for step in range(1, n_steps + 1):
+            if on_policy and step > 1 and (step - 1) % steps_per_pass == 0:
+                # On-policy: after each pass, the student (as it is now) samples fresh responses.
+                model.eval()
+                pairs = self.objective.prepare(model, tok, experiences, cfg)
+                stream = _cycle(pairs, cfg.seed + step)
+                model.train()
+            batch = [next(stream) for _ in range(min(cfg.batch_size, len(pairs)))]
+            step_loss, step_div = 0.0, 0.0
+            for i in range(0, len(batch), cfg.micro_batch_size):
+                micro = batch[i:i + cfg.micro_batch_size]
+                loss, metrics = self.objective.loss(model, micro, cfg, self.teacher,
+                                                    tok.pad_token_id)
+                (loss * len(micro) / len(batch)).backward()
+                step_loss += float(loss.detach()) * len(micro) / len(batch)
+                step_div += metrics.get("divergence", float("nan")) * len(micro) / len(batch)
+                tokens += sum(len(p.student) for p in micro)
+            if anchors and cfg.anchor_weight > 0:
+                micro = [next(anchor_stream) for _ in range(min(cfg.anchor_per_step, len(anchors)))]
+                per_token, _ = distill_loss(model, micro, cfg, self.teacher, tok.pad_token_id)
+                (cfg.anchor_weight * per_token.mean()).backward()
+                step_loss += cfg.anchor_weight * float(per_token.mean().detach())
+                tokens += sum(len(p.student) for p in micro)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+            divergences.append(step_div)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}", div=f"{step_div:.4f}")
+            if cfg.stop_kl is not None and step_div == step_div and step_div < cfg.stop_kl:
+                stopped_early = step < n_steps
+                break
+        if bar is not None:
+            bar.close()
+        model.eval()
+        gaps_after = measure_gaps(model, tok, pairs, cfg, self.teacher)
+        retention = compare(before, probe_logprobs(model, tok, probes), probes) \
+            if before is not None else None
+        self.result = LearnResult(
+            steps=step, stopped_early=stopped_early, n_experiences=len(experiences),
+            n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
+            retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
+            seconds=time.perf_counter() - start, config=cfg.to_dict())
+        return self.result
+
+    # -- saving --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Save the adapter (a standard PEFT adapter directory) or the full model, plus
+        ``learn_report.json`` with every measured number and the config."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        if not self.cfg.lora:
+            self.tok.save_pretrained(path)
+        if self.result is not None:
+            self.result.adapter_path = str(path)
+            (path / "learn_report.json").write_text(json.dumps(self.result.to_dict(), indent=2))
+        return path
+
+
+def _cycle(items: Sequence[Pair], seed: int) -> Iterator[Pair]:
+    """Endless stream over items, reshuffled on every pass (deterministic given the seed)."""
+    rng = random.Random(seed)
+    items = list(items)
+    while items:
+        order = items[:]
+        rng.shuffle(order)
+        yield from order
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="EL update", unit="step")
+
+
+def learn(model: Any, tokenizer: Any, experiences: Sequence[Experience],
+          config: ELConfig | None = None, **kwargs: Any) -> tuple[Any, LearnResult]:
+    """One-call EL update: returns the updated (adapter-wrapped) model and the result."""
+    trainer = ExperientialTrainer(model, tokenizer, config, **kwargs)
+    return trainer.model, trainer.learn(experiences)

@@ -1,0 +1,197 @@
+"""Mechanics of the EL update on a tiny Llama built from a config: token layout, masks, teacher vs
+student views, padding invariance, learning direction, save/load, objectives, config."""
+
+import json
+
+import pytest
+import torch
+
+from experiential.config import ELConfig
+from experiential.context import teacher_messages
+from experiential.experience import Experience
+from experiential.objectives.base import TeacherModel
+from experiential.tokens import Sequence_, collate, response_logits
+from experiential.trainer import ExperientialTrainer
+
+EXP = Experience("What is the capital of France?", "The answer is A.",
+                 "Wrong: the correct answer is C, Paris.", id="e1")
+
+
+def cfg(**kw):
+    base = dict(max_steps=3, batch_size=2, micro_batch_size=1, learning_rate=5e-3, progress=False,
+                retention=False, anchor_weight=0.0, stop_kl=None, lora_r=4, lora_alpha=8)
+    base.update(kw)
+    return ELConfig(**base)
+
+
+def test_teacher_sees_feedback_student_does_not(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    trainer = ExperientialTrainer(tiny_model, tok, cfg())
+    pairs = trainer.objective.prepare(tiny_model, tok, [EXP], trainer.cfg)
+    (pair,) = pairs
+    student = tok.decode(pair.student.context)
+    teacher = tok.decode(pair.teacher.context)
+    assert "Paris" not in student and "correct answer is C" not in student
+    assert "correct answer is C, Paris" in teacher and EXP.prompt in teacher and EXP.prompt in student
+    # the same response token ids follow both contexts, and they are the attempt's tokens
+    assert pair.student.response == pair.teacher.response
+    assert tok.decode(pair.student.response) == EXP.attempt
+    # the default design does not show the failed attempt to the teacher
+    assert "The answer is A" not in teacher
+
+
+def test_designs_place_feedback_and_attempt():
+    t = teacher_messages(EXP, "feedback_then_attempt")[-1]["content"]
+    assert t.index("correct answer is C") < t.index("The answer is A")
+    t = teacher_messages(EXP, "attempt_then_feedback")[-1]["content"]
+    assert t.index("The answer is A") < t.index("correct answer is C")
+    msgs = teacher_messages(EXP, "system_note")
+    assert msgs[0]["role"] == "system" and "Paris" in msgs[0]["content"]
+    assert msgs[1]["content"] == EXP.prompt
+    custom = teacher_messages(EXP, template="{feedback} || {prompt}")[-1]["content"]
+    assert custom == f"{EXP.feedback} || {EXP.prompt}"
+    with pytest.raises(ValueError, match="unknown experience-context design"):
+        teacher_messages(EXP, "nope")
+
+
+def test_left_padding_matches_unpadded_forward(tiny_model):
+    torch.manual_seed(0)
+    a = Sequence_(list(range(5, 25)), [30, 31, 32])
+    b = Sequence_(list(range(40, 46)), [50, 51, 52, 53, 54])
+    batch = collate([a, b], pad_id=0)
+    assert batch.response_mask.sum().item() == 8
+    assert batch.response_tokens.tolist() == [30, 31, 32, 50, 51, 52, 53, 54]
+    together = response_logits(tiny_model, batch)
+    alone = torch.cat([response_logits(tiny_model, collate([s], 0)) for s in (a, b)])
+    assert together.shape == (8, tiny_model.config.vocab_size)
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+    # and those rows are exactly the rows of a plain full forward that predict the response
+    full = tiny_model(torch.tensor([a.ids])).logits[0]
+    torch.testing.assert_close(together[:3], full[len(a.context) - 1:len(a) - 1], atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_teacher_model_is_the_frozen_original(tiny_model, tiny_tokenizer):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(max_steps=2))
+    batch = collate([Sequence_([1, 2, 3, 4], [5, 6])], 0)
+    before = trainer.teacher.logits(batch)
+    trainer.learn([EXP])
+    after_teacher = trainer.teacher.logits(batch)
+    student = response_logits(trainer.model, batch)
+    torch.testing.assert_close(before, after_teacher)
+    assert not torch.allclose(student, before, atol=1e-4)  # the adapter did move the student
+
+
+@pytest.mark.parametrize("divergence, topk", [("forward_kl", None), ("reverse_kl", None),
+                                              ("jsd", None), ("forward_kl", 16)])
+def test_learning_closes_the_gap(tiny_model, tiny_tokenizer, divergence, topk):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer,
+                                  cfg(max_steps=25, divergence=divergence, topk=topk))
+    result = trainer.learn([EXP])
+    before = result.gaps_before[0].divergence
+    after = result.gaps_after[0].divergence
+    assert before > 0.01  # the feedback changes the tiny model's predictions
+    assert after < 0.5 * before, (before, after)
+    assert result.divergences[-1] < result.divergences[0]
+
+
+def test_anchor_holds_unrelated_prompt(tiny_tokenizer):
+    """With an anchor on a prompt, its distribution moves less than without."""
+    from experiential.anchors import _pair
+    from experiential.gap import measure_gaps
+
+    drift = {}
+    for weight in (0.0, 5.0):
+        from conftest import build_tiny_model
+
+        model = build_tiny_model(len(tiny_tokenizer), seed=1)
+        anchor = _pair(tiny_tokenizer, [{"role": "user", "content": "What is 2+2?"}],
+                       "The answer is D.")
+        trainer = ExperientialTrainer(model, tiny_tokenizer,
+                                      cfg(max_steps=20, anchor_weight=weight, anchor_per_step=1),
+                                      anchor_pairs=[anchor])
+        trainer.learn([EXP])
+        drift[weight] = measure_gaps(trainer.model, tiny_tokenizer, [anchor], trainer.cfg,
+                                     trainer.teacher)[0].divergence
+    assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
+def test_early_stop_when_gap_closed(tiny_model, tiny_tokenizer):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(max_steps=200, stop_kl=0.05))
+    result = trainer.learn([EXP])
+    assert result.stopped_early and result.steps < 200
+    assert result.divergences[-1] < 0.05
+
+
+def test_save_and_load_standard_peft_adapter(tiny_model, tiny_tokenizer, tmp_path):
+    from peft import PeftModel
+
+    from conftest import build_tiny_model
+
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg())
+    trainer.learn([EXP])
+    out = trainer.save(tmp_path / "adapter")
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    report = json.loads((out / "learn_report.json").read_text())
+    assert report["gap_before"]["mean_divergence"] > 0 and report["config"]["lora_r"] == 4
+    batch = collate([Sequence_([1, 2, 3, 4], [5, 6])], 0)
+    reloaded = PeftModel.from_pretrained(build_tiny_model(len(tiny_tokenizer)), out).eval()
+    torch.testing.assert_close(response_logits(reloaded, batch),
+                               response_logits(trainer.model.eval(), batch))
+
+
+def test_full_finetune_keeps_a_frozen_teacher(tiny_model, tiny_tokenizer, tmp_path):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(lora=False, learning_rate=1e-3))
+    assert isinstance(trainer.teacher, TeacherModel) and trainer.teacher.frozen_copy is not None
+    result = trainer.learn([EXP])
+    assert result.gaps_after[0].divergence < result.gaps_before[0].divergence
+    out = trainer.save(tmp_path / "full")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+
+
+@pytest.mark.parametrize("objective", ["revise_then_distill", "sft"])
+def test_revision_objectives_train_on_the_revision(tiny_model, tiny_tokenizer, objective):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer,
+                                  cfg(objective=objective, max_new_tokens=8, max_steps=15))
+    pairs = trainer.objective.prepare(tiny_model, tiny_tokenizer, [EXP], trainer.cfg)
+    assert len(pairs) == 1 and 0 < len(pairs[0].student.response) <= 8
+    result = trainer.learn([EXP])
+    assert result.losses[-1] < result.losses[0]
+
+
+def test_samples_response_uses_fresh_student_samples(tiny_model, tiny_tokenizer):
+    c = cfg(response="samples", num_samples=3, max_new_tokens=6, temperature=1.0, max_steps=2)
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, c)
+    pairs = trainer.objective.prepare(tiny_model, tiny_tokenizer, [EXP], c)
+    assert 1 <= len(pairs) <= 3
+    assert all(p.response_text != EXP.attempt for p in pairs)
+    assert trainer.learn([EXP]).steps == 2
+
+
+def test_over_length_experience_is_an_error(tiny_model, tiny_tokenizer):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(max_length=16))
+    with pytest.raises(ValueError, match="max_length=16"):
+        trainer.learn([EXP])
+
+
+def test_config_from_yaml_and_json(tmp_path):
+    (tmp_path / "c.yaml").write_text("learning_rate: 0.001\ndivergence: jsd\nmax_steps: 7\n")
+    c = ELConfig.from_file(tmp_path / "c.yaml")
+    assert (c.learning_rate, c.divergence, c.max_steps, c.divergence_alpha) == (0.001, "jsd", 7, 0.5)
+    (tmp_path / "c.json").write_text(json.dumps({"objective": "sft", "lora": False}))
+    assert ELConfig.from_file(tmp_path / "c.json").objective == "sft"
+    (tmp_path / "bad.json").write_text(json.dumps({"learnin_rate": 1}))
+    with pytest.raises(ValueError, match="unknown config key"):
+        ELConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError):
+        ELConfig(divergence="kl")
+
+
+def test_seed_makes_updates_reproducible(tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    runs = []
+    for _ in range(2):
+        t = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer, cfg(seed=3))
+        runs.append(t.learn([EXP]).losses)
+    assert runs[0] == runs[1]
