@@ -30,13 +30,22 @@ def option_logprobs(model: Any, tok: Any, prompts: Sequence[list[Message]],
     renormalised; use :func:`option_probs` for a distribution over the options.
     """
     pre, opt_ids = split_options(tok, prefix, options)
+    device = next(model.parameters()).device
+    if all(len(o) == 1 for o in opt_ids):
+        # One forward per prompt: the row after the prefix holds every single-token option.
+        first = torch.tensor([o[0] for o in opt_ids])
+        seqs = [Sequence_(context_ids(tok, msgs) + pre, [opt_ids[0][0]]) for msgs in prompts]
+        rows = []
+        for i in range(0, len(seqs), batch_size):
+            batch = collate(seqs[i:i + batch_size], tok.pad_token_id).to(device)
+            rows.append(torch.log_softmax(response_logits(model, batch), -1).cpu()[:, first])
+        return torch.cat(rows)
     seqs = []
     for msgs in prompts:
         ctx = context_ids(tok, msgs)
         for o in opt_ids:
             seqs.append(Sequence_(ctx + pre, o))
     out = torch.empty(len(seqs))
-    device = next(model.parameters()).device
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i:i + batch_size]
         batch = collate(chunk, tok.pad_token_id).to(device)

@@ -1,0 +1,348 @@
+"""``experiential`` command line: learn, generate, score, experiences, feedback, demo, serve, chat.
+
+Every command has ``--help``. Model arguments take an embedded name (``default`` =
+Qwen2.5-Coder-0.5B-Instruct, ``smoke`` = SmolLM2-135M-Instruct), a local directory, a local GGUF file
+or a Hugging Face hub id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ELConfig, field_docs
+from .experience import Experience, ExperienceError, load_jsonl
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="embedded name (default, smoke, critic), local dir, .gguf file or hub id "
+                        "(default: %(default)s = Qwen2.5-Coder-0.5B-Instruct)")
+    p.add_argument("--adapter", help="a PEFT adapter directory to apply")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16")
+    p.add_argument("--device", default="auto")
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from .models import load_model
+
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    if getattr(args, "adapter", None):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
+    return model, tok
+
+
+def _prompt_messages(text: str, system: str | None = None) -> list[dict[str, str]]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    return msgs + [{"role": "user", "content": text}]
+
+
+# -- learn ------------------------------------------------------------------------------------
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    docs = field_docs()
+    defaults = ELConfig()
+    for name, value in defaults.to_dict().items():
+        if name in ("device", "dtype", "progress"):
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_ = docs.get(name, "") + f" (default: {value!r})"
+        if isinstance(value, bool):
+            p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
+                           help=help_)
+        else:
+            kind = type(value) if value is not None and not isinstance(value, (list, str)) else str
+            if name in ("topk", "epochs"):
+                kind = int
+            if name == "stop_kl":
+                kind = _float_or_none
+            p.add_argument(flag, dest=name, type=kind, default=None, help=help_)
+
+
+def _float_or_none(s: str) -> float | None:
+    return None if s.lower() in ("none", "off") else float(s)
+
+
+def _config_from_args(args: argparse.Namespace) -> ELConfig:
+    cfg = ELConfig.from_file(args.config) if args.config else ELConfig()
+    changes = {k: getattr(args, k) for k in cfg.to_dict()
+               if getattr(args, k, None) is not None}
+    changes.update(dtype=args.dtype, device=args.device)
+    return cfg.replace(**changes)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from .store import ExperienceStore
+    from .trainer import ExperientialTrainer
+
+    cfg = _config_from_args(args)
+    if args.experiences:
+        exps, errors = load_jsonl(args.experiences, errors="collect")
+        for e in errors:
+            print(f"skipped: {e}", file=sys.stderr)
+        if errors and not args.skip_invalid:
+            print(f"{len(errors)} invalid line(s); fix them or pass --skip-invalid",
+                  file=sys.stderr)
+            return 2
+    else:
+        store = ExperienceStore(args.store)
+        exps = store.list(only_unconsumed=args.only_new)
+    if not exps:
+        print("no experiences to learn from", file=sys.stderr)
+        return 2
+    model, tok = _load(args)
+    trainer = ExperientialTrainer(model, tok, cfg)
+    print(f"learning from {len(exps)} experience(s) with {cfg.objective} "
+          f"(context design: {cfg.context_template and 'custom' or cfg.context_design})")
+    result = trainer.learn(exps)
+    print("in-context gap per experience (before training):")
+    for g in result.gaps_before:
+        print("  " + g.describe())
+    out = trainer.save(args.output)
+    if not args.experiences:
+        version = args.version or Path(args.output).name
+        store.mark_consumed([e.id for e in exps], version)
+        store.add_adapter(version, str(out), metrics={"gap_before": result.to_dict()["gap_before"],
+                                                      "retention": result.to_dict()["retention"]})
+    print(result.summary())
+    return 0
+
+
+# -- generate / score -------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import generate
+
+    model, tok = _load(args)
+    out = generate(model, tok, [_prompt_messages(p, args.system) for p in args.prompt],
+                   max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   seed=args.seed)
+    for p, o in zip(args.prompt, out):
+        print(o[0] if len(args.prompt) == 1 else f"### {p}\n{o[0]}\n")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .scoring import option_probs
+
+    options = [(" " + o.strip()) if args.leading_space else o for o in args.options.split("/")]
+    prompts = [_prompt_messages(p, args.system) for p in args.prompt]
+    from .models import load_model
+
+    model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
+    rows = {"base": option_probs(model, tok, prompts, options, args.prefix)}
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter).eval()
+        rows["adapter"] = option_probs(model, tok, prompts, options, args.prefix)
+    if args.json:
+        print(json.dumps({k: v.tolist() for k, v in rows.items()} | {"options": options}))
+        return 0
+    header = "".join(f"{o!r:>9}" for o in options)
+    for i, p in enumerate(args.prompt):
+        print(f"prompt: {p[:70]!r}")
+        print(f"{'':10}{header}")
+        for name, probs in rows.items():
+            print(f"{name:10}" + "".join(f"{float(x):9.3f}" for x in probs[i]))
+    return 0
+
+
+# -- experiences ------------------------------------------------------------------------------
+def cmd_exp_add(args: argparse.Namespace) -> int:
+    from .store import ExperienceStore
+
+    store = ExperienceStore(args.store)
+    if args.file:
+        exps, errors = load_jsonl(args.file, errors="collect")
+        for e in errors:
+            print(f"skipped: {e}", file=sys.stderr)
+    else:
+        if not (args.prompt and args.feedback):
+            print("give --prompt and --feedback (and --attempt), or --file", file=sys.stderr)
+            return 2
+        try:
+            exps = [Experience(args.prompt, args.attempt or "", args.feedback,
+                               json.loads(args.metadata) if args.metadata else {})]
+        except ExperienceError as e:
+            print(f"invalid experience: {e}", file=sys.stderr)
+            return 2
+        errors = []
+    ids = store.extend(exps)
+    print(f"stored {len(ids)} experience(s) in {args.store}"
+          + (f"; {len(errors)} invalid line(s) skipped" if errors else ""))
+    return 1 if errors else 0
+
+
+def cmd_exp_list(args: argparse.Namespace) -> int:
+    from .store import ExperienceStore
+
+    store = ExperienceStore(args.store)
+    for e in store.list(only_unconsumed=args.only_new, limit=args.limit):
+        versions = store.versions_of(e.id)
+        print(f"{e.id}  [{', '.join(versions) or 'new'}]  {e.prompt_text[:50]!r} -> "
+              f"{e.attempt[:30]!r} | {e.feedback[:60]!r}")
+    return 0
+
+
+def cmd_exp_export(args: argparse.Namespace) -> int:
+    from .store import ExperienceStore
+
+    n = ExperienceStore(args.store).export_jsonl(args.output)
+    print(f"exported {n} experience(s) to {args.output}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Show the model's answer to a prompt, read typed feedback, store the experience."""
+    from .feedback.human import ask_feedback
+    from .generation import generate
+    from .store import ExperienceStore
+
+    model, tok = _load(args)
+    store = ExperienceStore(args.store)
+    prompt = args.prompt or input("prompt> ")
+    answer = generate(model, tok, [_prompt_messages(prompt)], max_new_tokens=args.max_new_tokens)[0][0]
+    exp = ask_feedback(prompt, answer)
+    if exp is None:
+        print("no feedback given; nothing stored")
+        return 0
+    store.append(exp)
+    print(f"stored experience {exp.id} in {args.store}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.model, steps=args.steps, seed=args.seed, out=args.output)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(args.model, host=args.host, port=args.port, state_dir=args.state_dir,
+          learn_every=args.learn_every)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import run_chat
+
+    run_chat(args.url, api_key=args.api_key)
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="experiential",
+        description="Experiential Learning: a language model learns from its own attempts plus "
+                    "free-text feedback, by self-distillation into a LoRA adapter.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("learn", help="experiences (JSONL or store) -> adapter directory",
+                       description="Apply an EL update and save the adapter. Reports the "
+                                   "in-context gap before training and retention on unrelated "
+                                   "probe questions before/after.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--experiences", help="JSONL file of experiences")
+    src.add_argument("--store", help="SQLite experience store")
+    s.add_argument("--output", "-o", required=True, help="adapter output directory")
+    s.add_argument("--config", help="YAML/JSON file of ELConfig fields (flags override it)")
+    s.add_argument("--only-new", action="store_true", help="with --store: unconsumed experiences")
+    s.add_argument("--version", help="with --store: version name recorded for this adapter")
+    s.add_argument("--skip-invalid", action="store_true",
+                   help="learn from the valid lines even if some lines are invalid")
+    _model_arg(s)
+    _add_config_flags(s)
+    s.set_defaults(func=cmd_learn)
+
+    s = sub.add_parser("generate", help="prompt -> answer (with or without an adapter)")
+    s.add_argument("prompt", nargs="+")
+    s.add_argument("--system")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=0.0)
+    s.add_argument("--seed", type=int, default=0)
+    _model_arg(s)
+    s.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("score", help="probabilities of answer options, before and after an adapter",
+                       description="Score options (e.g. A/B/C/D) as continuations of the "
+                                   "assistant's --prefix, tokenized with a leading space.")
+    s.add_argument("prompt", nargs="+")
+    s.add_argument("--options", default="A/B/C/D", help="slash-separated (default: %(default)s)")
+    s.add_argument("--prefix", default="The answer is")
+    s.add_argument("--no-leading-space", dest="leading_space", action="store_false",
+                   help="score options exactly as given (default: prepend a space)")
+    s.add_argument("--system")
+    s.add_argument("--json", action="store_true")
+    _model_arg(s)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("experiences", help="add, list or export stored experiences")
+    esub = s.add_subparsers(dest="action", required=True)
+    e = esub.add_parser("add", help="add one experience (flags) or a JSONL file")
+    e.add_argument("--store", required=True)
+    e.add_argument("--file")
+    e.add_argument("--prompt")
+    e.add_argument("--attempt")
+    e.add_argument("--feedback")
+    e.add_argument("--metadata", help="JSON object")
+    e.set_defaults(func=cmd_exp_add)
+    e = esub.add_parser("list", help="list stored experiences and which adapters used them")
+    e.add_argument("--store", required=True)
+    e.add_argument("--only-new", action="store_true")
+    e.add_argument("--limit", type=int)
+    e.set_defaults(func=cmd_exp_list)
+    e = esub.add_parser("export", help="export the store to JSONL")
+    e.add_argument("--store", required=True)
+    e.add_argument("--output", "-o", required=True)
+    e.set_defaults(func=cmd_exp_export)
+
+    s = sub.add_parser("feedback", help="show an answer, type feedback, store the experience")
+    s.add_argument("--store", required=True)
+    s.add_argument("--prompt")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    _model_arg(s)
+    s.set_defaults(func=cmd_feedback)
+
+    s = sub.add_parser("demo", help="end to end: answer, get feedback, learn, answer again")
+    s.add_argument("--model", default="default")
+    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--output", default="runs/demo", help="where the adapter and report go")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible server that learns from feedback")
+    s.add_argument("--model", default="default")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--state-dir", default="runs/serve")
+    s.add_argument("--learn-every", type=int, default=8)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("chat", help="talk to a running server, give feedback, watch it learn")
+    s.add_argument("--url", default="http://127.0.0.1:8000")
+    s.add_argument("--api-key")
+    s.set_defaults(func=cmd_chat)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ExperienceError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. a model that is not installed: the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
