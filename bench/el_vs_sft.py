@@ -1,7 +1,9 @@
 """Benchmark: one EL update step vs one plain LoRA SFT step, same model, same tokens, same run.
 
 EL (``self_distill``) does a no-grad teacher forward on the experience context plus the student's
-forward/backward; SFT does the student's forward/backward on the same prompt + attempt tokens. Each
+forward/backward; SFT does the student's forward/backward on the same prompt + attempt tokens.
+``el-nocache`` recomputes the teacher every step; ``el`` caches the frozen teacher's logits (the
+first, warm-up step fills the cache); ``el+anchor`` adds 4 replay anchors per step. Each
 mode runs in its own subprocess so its peak RSS is its own. Prints a markdown table and writes
 ``bench/results/el_vs_sft.json``.
 
@@ -43,6 +45,7 @@ def run_mode(mode: str, model_name: str, steps: int, batch: int) -> dict:
     model, tok = load_model(model_name, dtype="fp32", device="cpu")
     objective = "self_distill" if mode != "sft" else "sft"
     cfg = ELConfig(objective=objective, anchor_weight=1.0 if mode == "el+anchor" else 0.0,
+                   teacher_cache_mb=0 if mode == "el-nocache" else 4096,
                    anchor_per_step=4, retention=False, stop_kl=None, progress=False,
                    batch_size=batch, micro_batch_size=batch, max_steps=1)
     trainer = ExperientialTrainer(model, tok, cfg)
@@ -90,7 +93,7 @@ def main() -> None:
         print(json.dumps(run_mode(args.mode, args.model, args.steps, args.batch)))
         return
     rows = []
-    for mode in ("sft", "el", "el+anchor"):
+    for mode in ("sft", "el-nocache", "el", "el+anchor"):
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--model", args.model,
                               "--steps", str(args.steps), "--batch", str(args.batch)],
                              capture_output=True, text=True, check=True)

@@ -195,3 +195,15 @@ def test_seed_makes_updates_reproducible(tiny_tokenizer):
         t = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer, cfg(seed=3))
         runs.append(t.learn([EXP]).losses)
     assert runs[0] == runs[1]
+
+
+def test_teacher_cache_gives_identical_losses(tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    losses = {}
+    for mb in (0, 64):
+        t = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer)), tiny_tokenizer,
+                                cfg(teacher_cache_mb=mb, max_steps=4))
+        losses[mb] = t.learn([EXP]).losses
+        assert (t.teacher._used > 0) == (mb > 0)
+    assert losses[0] == pytest.approx(losses[64], rel=1e-5)

@@ -50,6 +50,11 @@ class ELConfig:
     """Replay prompts mixed into each optimisation step."""
     anchor_prompts: Optional[str] = None
     """JSONL of replay prompts (``{"prompt": ...}``); default: the built-in anchor set."""
+    augment: Literal["none", "rotate_options"] = "rotate_options"
+    """``rotate_options``: for multiple-choice prompts, also learn the experience with its options
+    rotated (letters in feedback and attempt follow), so no answer letter is learned as such."""
+    augment_copies: int = 3
+    """Augmented variants per experience (for 4 options, 3 puts the content under every letter)."""
     stop_kl: Optional[float] = 0.02
     """Stop early once the mean per-token divergence on the experiences falls below this (the
     student has closed the in-context gap). None: run all steps."""
@@ -77,6 +82,9 @@ class ELConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: Any = "all-linear"
+    teacher_cache_mb: float = 4096
+    """Memory for caching the frozen teacher's response logits (they never change); past the
+    budget the teacher is recomputed every step."""
     dtype: str = "auto"
     device: str = "auto"
 

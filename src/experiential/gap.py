@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import ELConfig
-from .objectives.base import Pair, TeacherModel, batches
+from .objectives.base import Pair, TeacherModel, student_batch
 from .objectives.divergence import token_divergence
 from .tokens import response_logits
 
@@ -56,8 +56,8 @@ def measure_gaps(model: Any, tok: Any, pairs: Sequence[Pair], cfg: ELConfig,
     try:
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
-            s_batch, t_batch = batches(chunk, tok.pad_token_id, device)
-            t_logits = teacher.logits(t_batch)
+            s_batch = student_batch(chunk, tok.pad_token_id, device)
+            t_logits = teacher.pair_logits(chunk, tok.pad_token_id, device)
             s_logits = response_logits(model, s_batch)
             div = token_divergence(s_logits, t_logits, cfg)
             t_p, s_p = t_logits.softmax(-1), s_logits.softmax(-1)

@@ -24,6 +24,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from .augment import augment
 from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
 from .config import ELConfig
 from .experience import Experience
@@ -105,7 +106,7 @@ class ExperientialTrainer:
         self.objective = get_objective(self.cfg.objective)
         self._seed()
         self.model, frozen = self._wrap(model)
-        self.teacher = TeacherModel(self.model, frozen)
+        self.teacher = TeacherModel(self.model, frozen, cache_mb=self.cfg.teacher_cache_mb)
         self._anchor_pairs = list(anchor_pairs) if anchor_pairs is not None else None
         self._probes = list(probes) if probes is not None else None
         self.result: LearnResult | None = None
@@ -155,8 +156,10 @@ class ExperientialTrainer:
         cfg, model, tok = self.cfg, self.model, self.tok
         if not experiences:
             raise ValueError("no experiences to learn from")
+        n_given = len(experiences)
         self._seed()
         start = time.perf_counter()
+        experiences = augment(list(experiences), cfg.augment, cfg.augment_copies)
         with self.teacher.active() as base:
             pairs = self.objective.prepare(base, tok, experiences, cfg)
         if not pairs:
@@ -187,6 +190,7 @@ class ExperientialTrainer:
                 # On-policy: after each pass, the student (as it is now) samples fresh responses.
                 model.eval()
                 pairs = self.objective.prepare(model, tok, experiences, cfg)
+                self.teacher.clear_cache()
                 stream = _cycle(pairs, cfg.seed + step)
                 model.train()
             batch = [next(stream) for _ in range(min(cfg.batch_size, len(pairs)))]
@@ -224,7 +228,7 @@ class ExperientialTrainer:
         retention = compare(before, probe_logprobs(model, tok, probes), probes) \
             if before is not None else None
         self.result = LearnResult(
-            steps=step, stopped_early=stopped_early, n_experiences=len(experiences),
+            steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
             seconds=time.perf_counter() - start, config=cfg.to_dict())

@@ -47,10 +47,41 @@ class Objective(Protocol):
 
 class TeacherModel:
     """The frozen original model: the LoRA-wrapped student with its adapter disabled, or (full
-    fine-tuning) a separate frozen copy."""
+    fine-tuning) a separate frozen copy.
 
-    def __init__(self, model: Any, frozen_copy: Any | None = None):
+    Because the teacher never changes, its logits for a given sequence never change either: they
+    are cached per sequence (up to ``cache_mb``), so after the first pass an EL step costs about
+    what an SFT step costs.
+    """
+
+    def __init__(self, model: Any, frozen_copy: Any | None = None, cache_mb: float = 0.0):
         self.model, self.frozen_copy = model, frozen_copy
+        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._budget = int(cache_mb * 2**20)
+        self._used = 0
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._used = 0
+
+    def pair_logits(self, pairs: Sequence["Pair"], pad_id: int, device: Any) -> torch.Tensor:
+        """Teacher logits at the response positions of each pair, concatenated in pair order
+        (the order :func:`~experiential.tokens.response_logits` uses for the student batch)."""
+        keys = [tuple(p.teacher.ids) for p in pairs]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            batch = collate([pairs[i].teacher for i in missing], pad_id).to(device)
+            logits = self.logits(batch)
+            for i, chunk in zip(missing, logits.split(
+                    [len(pairs[i].teacher.response) for i in missing])):
+                fresh[i] = chunk
+                size = chunk.numel() * chunk.element_size()
+                if self._used + size <= self._budget:
+                    self._cache[keys[i]] = chunk
+                    self._used += size
+        return torch.cat([fresh[i] if i in fresh else self._cache[k].to(device)
+                          for i, k in enumerate(keys)])
 
     @contextmanager
     def active(self) -> Iterator[Any]:
@@ -73,6 +104,5 @@ class TeacherModel:
                 m.train(was_training)
 
 
-def batches(pairs: Sequence[Pair], pad_id: int, device: Any) -> tuple[Batch, Batch]:
-    return (collate([p.student for p in pairs], pad_id).to(device),
-            collate([p.teacher for p in pairs], pad_id).to(device))
+def student_batch(pairs: Sequence[Pair], pad_id: int, device: Any) -> Batch:
+    return collate([p.student for p in pairs], pad_id).to(device)

@@ -16,7 +16,7 @@ from ..context import teacher_messages
 from ..experience import Experience
 from ..generation import generate_ids
 from ..tokens import response_logits
-from .base import Pair, TeacherModel, batches
+from .base import Pair, TeacherModel, student_batch
 from .self_distill import distill_loss, make_pairs
 
 
@@ -56,7 +56,7 @@ class SFT(ReviseThenDistill):
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
              pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
-        s_batch, _ = batches(pairs, pad_id, device)
+        s_batch = student_batch(pairs, pad_id, device)
         logits = response_logits(model, s_batch)
         nll = torch.nn.functional.cross_entropy(logits, s_batch.response_tokens)
         return nll, {"nll": float(nll.detach())}

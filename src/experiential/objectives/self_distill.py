@@ -16,7 +16,7 @@ from ..context import student_messages, teacher_messages
 from ..experience import Experience
 from ..generation import generate_ids
 from ..tokens import Sequence_, context_ids, response_ids, response_logits
-from .base import Pair, TeacherModel, batches
+from .base import Pair, TeacherModel, student_batch
 from .divergence import token_divergence
 
 
@@ -45,8 +45,8 @@ def distill_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: Teac
     """Per-token divergence of the student from the teacher, ``[n_tokens]``, plus each token's
     row index into ``pairs``."""
     device = next(model.parameters()).device
-    s_batch, t_batch = batches(pairs, pad_id, device)
-    t_logits = teacher.logits(t_batch)
+    s_batch = student_batch(pairs, pad_id, device)
+    t_logits = teacher.pair_logits(pairs, pad_id, device)
     s_logits = response_logits(model, s_batch)
     per_token = token_divergence(s_logits, t_logits, cfg)
     rows = s_batch.response_mask.nonzero()[:, 0]
