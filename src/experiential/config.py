@@ -43,10 +43,10 @@ class ELConfig:
     temperature: float = 1.0
 
     # -- specificity: learn what the feedback is about and nothing else ----------------------
-    anchor_weight: float = 1.0
+    anchor_weight: float = 3.0
     """Weight of KL(original || student) on replay prompts (teacher = the frozen original model).
     0 disables anchoring."""
-    anchor_per_step: int = 4
+    anchor_per_step: int = 8
     """Replay prompts mixed into each optimisation step."""
     anchor_prompts: Optional[str] = None
     """JSONL of replay prompts (``{"prompt": ...}``); default: the built-in anchor set."""
