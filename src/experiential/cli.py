@@ -221,6 +221,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.model, steps=args.steps, seed=args.seed, out=args.output)
 
 
+def cmd_repro_mmlu(args: argparse.Namespace) -> int:
+    from .tasks.mmlu_shift import ShiftConfig, run
+
+    cfg = ShiftConfig(n_questions=args.limit, seed=args.seed, retention_n=args.retention_n)
+    el = ELConfig.from_file(args.config) if args.config else ELConfig()
+    model = args.model
+    if args.smoke:
+        model = "smoke"
+        cfg.n_questions, cfg.retention_n = 2, 8
+        el = el.replace(max_steps=2, anchor_per_step=2, batch_size=4, micro_batch_size=4)
+    el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}))
+    report = run(model, args.output, cfg, el, data_dir=args.data_dir)
+    from .tasks.mmlu_shift import markdown
+
+    print(markdown(report))
+    print(f"report written to {args.output}/report.json and report.md")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
@@ -316,6 +335,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="runs/demo", help="where the adapter and report go")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("repro", help="reproduce a published experiment and write a report")
+    rsub = s.add_subparsers(dest="experiment", required=True)
+    r = rsub.add_parser("mmlu", help="MMLU answer-probability shift (letter / letter + "
+                                     "explanation / explanation / wrong-letter control)")
+    r.add_argument("--model", default="default")
+    r.add_argument("--limit", type=int, default=8, help="questions the model gets wrong")
+    r.add_argument("--steps", type=int, help="EL steps per kind (default: the config's)")
+    r.add_argument("--retention-n", type=int, default=48)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--config", help="YAML/JSON ELConfig")
+    r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, ../shared/data)")
+    r.add_argument("--output", "-o", default="reports/mmlu")
+    r.add_argument("--smoke", action="store_true", help="tiny run on SmolLM2-135M (about a minute)")
+    r.set_defaults(func=cmd_repro_mmlu)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server that learns from feedback")
     s.add_argument("--model", default="default")

@@ -60,8 +60,8 @@ class ELConfig:
     student has closed the in-context gap). None: run all steps."""
 
     # -- optimisation -----------------------------------------------------------------------
-    learning_rate: float = 2e-4
-    max_steps: int = 10
+    learning_rate: float = 3e-4
+    max_steps: int = 8
     """Optimizer steps. Each step sees ``batch_size`` experiences (accumulated in chunks of
     ``micro_batch_size``)."""
     epochs: Optional[int] = None

@@ -1,0 +1,165 @@
+"""MMLU answer-probability shift (the published experiment 1).
+
+Pick questions the model gets wrong; record P over A/B/C/D; build experiences of four kinds:
+(a) ``letter``: the correct letter; (b) ``letter_explanation``: the letter plus an explanation;
+(c) ``explanation``: the explanation without the letter; (d) ``control``: a wrong letter presented
+as correct. Apply one EL update per kind over all the chosen questions (each kind from the same
+starting model), re-measure, and report mean P(true answer) before/after for a-c and P(claimed
+letter) for d, with the in-context gap and retention on unrelated MMLU questions.
+
+Published (Llama-3.2-1B): 10.8% -> 50.4% / 35.2% / 45.3%; control 33.2% -> 73.4%.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import ELConfig
+from ..experience import Experience
+from .mc import LETTERS, MCQuestion, format_mc
+
+KINDS = ("letter", "letter_explanation", "explanation", "control")
+PUBLISHED = {"model": "Llama-3.2-1B", "before": 0.108, "letter": 0.504,
+             "letter_explanation": 0.352, "explanation": 0.453,
+             "control_before": 0.332, "control": 0.734}
+
+Explainer = Callable[[MCQuestion], str]
+
+
+def content_explanation(q: MCQuestion) -> str:
+    """A stand-in explanation that names the right option's content but not its letter."""
+    return f"The right option is the one that says \"{q.choices[q.answer]}\"."
+
+
+def feedback_for(kind: str, q: MCQuestion, wrong: int, explanation: str) -> tuple[str, int]:
+    """(feedback text, target index) for one kind of experience."""
+    if kind == "letter":
+        return f"The correct answer is {q.letter}.", q.answer
+    if kind == "letter_explanation":
+        return f"{explanation} The correct answer is {q.letter}.", q.answer
+    if kind == "explanation":
+        return explanation, q.answer
+    if kind == "control":
+        return f"The correct answer is {LETTERS[wrong]}.", wrong
+    raise ValueError(kind)
+
+
+@dataclass
+class ShiftConfig:
+    n_questions: int = 8
+    seed: int = 0
+    subjects: Sequence[str] | None = None
+    kinds: Sequence[str] = KINDS
+    retention_n: int = 48
+
+
+def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
+        data_dir: str | None = None, explainer: Explainer | None = None,
+        questions: list[MCQuestion] | None = None, probes: list[MCQuestion] | None = None,
+        load: Callable[[str], tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """Run the experiment and write ``report.json`` and ``report.md`` under ``out_dir``.
+    Stages are resumable: finished kinds are read back from ``stages/<kind>.json``."""
+    import torch
+
+    from ..models import load_model
+    from ..scoring import option_probs
+    from ..trainer import ExperientialTrainer
+    from .data import load_mmlu
+    from .mc import sample_questions
+
+    out = Path(out_dir)
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    model, tok = (load or (lambda m: load_model(m)))(model_name)
+    explainer = explainer or content_explanation
+    if questions is None:
+        questions = [q for q in load_mmlu("test", list(cfg.subjects) if cfg.subjects else None,
+                                          data_dir=data_dir) if len(q.choices) == 4]
+    pool = list(questions)
+    random.Random(cfg.seed).shuffle(pool)
+    chosen, p_before = [], []
+    for i in range(0, len(pool), 16):
+        chunk = pool[i:i + 16]
+        probs = option_probs(model, tok, [_msgs(q) for q in chunk])
+        for q, p in zip(chunk, probs):
+            if int(p.argmax()) != q.answer and len(chosen) < cfg.n_questions:
+                chosen.append(q)
+                p_before.append(p)
+        if len(chosen) >= cfg.n_questions:
+            break
+    if probes is None:
+        used = {q.subject for q in chosen}
+        probes = sample_questions(load_mmlu("test", data_dir=data_dir), cfg.retention_n,
+                                  cfg.seed + 1, exclude_subjects=used)
+        probes = [q for q in probes if len(q.choices) == 4]
+    results: dict[str, Any] = {}
+    for kind in cfg.kinds:
+        stage = out / "stages" / f"{kind}.json"
+        if stage.is_file():
+            results[kind] = json.loads(stage.read_text())
+            continue
+        exps, targets = [], []
+        for q, p in zip(chosen, p_before):
+            attempt = int(p.argmax())
+            wrong = attempt if attempt != q.answer else (q.answer + 1) % 4
+            fb, target = feedback_for(kind, q, wrong, explainer(q))
+            exps.append(Experience(format_mc(q), f"The answer is {LETTERS[attempt]}.", fb,
+                                   {"question_id": q.id, "kind": kind, "target": target}))
+            targets.append(target)
+        trainer = ExperientialTrainer(model, tok, el, probes=probes)
+        res = trainer.learn(exps)
+        p_after = option_probs(trainer.model, tok, [_msgs(q) for q in chosen])
+        if hasattr(trainer.model, "unload"):
+            model = trainer.model.unload()
+        idx = torch.arange(len(chosen))
+        tgt = torch.tensor(targets)
+        before_t = torch.stack(p_before)[idx, tgt]
+        after_t = p_after[idx, tgt]
+        results[kind] = {
+            "mean_p_target_before": float(before_t.mean()),
+            "mean_p_target_after": float(after_t.mean()),
+            "target_is_argmax_after": float((p_after.argmax(-1) == tgt).float().mean()),
+            "gap_before": res.to_dict()["gap_before"], "gap_after": res.to_dict()["gap_after"],
+            "retention": res.retention.to_dict() if res.retention else None,
+            "steps": res.steps, "seconds": res.seconds,
+            "per_question": [{"id": q.id, "target": t, "before": float(b), "after": float(a),
+                              "feedback": e.feedback}
+                             for q, t, b, a, e in zip(chosen, targets, before_t, after_t, exps)]}
+        stage.write_text(json.dumps(results[kind], indent=1))
+    report = {"experiment": "mmlu_shift", "model": model_name, "n_questions": len(chosen),
+              "seed": cfg.seed, "config": el.to_dict(), "published": PUBLISHED,
+              "results": results, "seconds": time.time() - t0,
+              "questions": [q.id for q in chosen]}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(markdown(report))
+    return report
+
+
+def _msgs(q: MCQuestion) -> list[dict[str, str]]:
+    return [{"role": "user", "content": format_mc(q)}]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    pub = report["published"]
+    lines = [f"# MMLU answer-probability shift\n",
+             f"Ours: `{report['model']}`, {report['n_questions']} MMLU test questions it gets "
+             f"wrong, seed {report['seed']}, one EL update per kind over all of them. "
+             f"Published: {pub['model']}.\n",
+             "| experience kind | ours: P(target) before -> after | in-context gap (teacher - "
+             "student) | retention: accuracy change, mean KL | published |",
+             "|---|---|---|---|---|"]
+    for kind, r in report["results"].items():
+        ret = r.get("retention") or {}
+        published = (f"{pub['control_before']:.1%} -> {pub['control']:.1%}" if kind == "control"
+                     else f"{pub['before']:.1%} -> {pub[kind]:.1%}")
+        lines.append(
+            f"| {kind} | {r['mean_p_target_before']:.1%} -> {r['mean_p_target_after']:.1%} | "
+            f"{r['gap_before'].get('mean_gap', float('nan')):+.3f} | "
+            f"{ret.get('accuracy_change', float('nan')) * 100:+.1f} pts, "
+            f"{ret.get('mean_kl', float('nan')):.3f} | {published} |")
+    return "\n".join(lines) + "\n"
