@@ -24,6 +24,7 @@ def test_append_list_consume_export(tmp_path):
         assert s.get("id3").to_dict() == exp(3).to_dict()
         s.mark_consumed(["id0", "id1"], "v1")
         assert [e.id for e in s.list(only_unconsumed=True)] == ["id2", "id3", "id4"]
+        assert s.count(only_unconsumed=True) == 3 and s.count() == 5
         assert [e.id for e in s.list(unconsumed_by="v2")] == [f"id{i}" for i in range(5)]
         assert s.consumed_by("v1") == ["id0", "id1"] and s.versions_of("id1") == ["v1"]
         s.add_adapter("v1", "/tmp/v1", metrics={"gap": 0.5})

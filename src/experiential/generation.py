@@ -44,7 +44,7 @@ def generate_ids(model: Any, tok: Any, prompts: Sequence[list[Message]], *,
                for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[list[list[int]]] = [[] for _ in encoded]
-    stop_ids = _stop_ids(tok)
+    stop_ids = stop_token_ids(tok)
     batches = range(0, len(order), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -81,7 +81,7 @@ def _cut(ids: list[int], stop_ids: list[int], pad_id: int) -> list[int]:
     return ids
 
 
-def _stop_ids(tok: Any) -> list[int]:
+def stop_token_ids(tok: Any) -> list[int]:
     """End-of-sequence plus the chat end-of-turn token, when the tokenizer has one."""
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     for special in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):

@@ -123,8 +123,15 @@ class ExperienceStore:
         return [_row_to_experience(r) for r in rows]
 
     def __len__(self) -> int:
+        return self.count()
+
+    def count(self, *, only_unconsumed: bool = False) -> int:
+        """Number of experiences (only those no adapter has learned from, if asked)."""
+        sql = "SELECT COUNT(*) FROM experiences e"
+        if only_unconsumed:
+            sql += " WHERE NOT EXISTS (SELECT 1 FROM consumption c WHERE c.experience_id = e.id)"
         with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM experiences").fetchone()[0]
+            return self._db.execute(sql).fetchone()[0]
 
     def __iter__(self) -> Iterator[Experience]:
         return iter(self.list())

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from ..experience import Message
-from ..generation import _stop_ids
+from ..generation import stop_token_ids
 from ..tokens import Sequence_, collate, context_ids, response_ids, response_logits
 
 
@@ -26,7 +26,7 @@ class Tokenizer:
     def __init__(self, tok: Any):
         self.tok = tok
         self._lock = threading.Lock()
-        self.stop_ids = set(_stop_ids(tok))
+        self.stop_ids = set(stop_token_ids(tok))
 
     def prompt_ids(self, messages: list[Message]) -> list[int]:
         with self._lock:

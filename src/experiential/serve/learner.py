@@ -81,13 +81,6 @@ class ResponseLog:
         return {"id": response_id, "messages": json.loads(row[0]), "answer": row[1],
                 "adapter_version": row[2], "finish_reason": row[3], "created": row[4]}
 
-    def count_unconsumed(self) -> int:
-        """Experiences no adapter has learned from (read from the store's tables)."""
-        with self._lock:
-            return self._db.execute(
-                "SELECT COUNT(*) FROM experiences e WHERE NOT EXISTS "
-                "(SELECT 1 FROM consumption c WHERE c.experience_id = e.id)").fetchone()[0]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -373,7 +366,7 @@ class Learner:
 
     # -- triggering ----------------------------------------------------------------------------
     def pending(self) -> int:
-        return self.responses.count_unconsumed()
+        return self.store.count(only_unconsumed=True)
 
     def notify(self) -> dict[str, Any] | None:
         """Called after an experience is stored: start a job when enough are waiting."""
