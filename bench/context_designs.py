@@ -46,6 +46,7 @@ def main() -> None:
     from experiential.scoring import option_probs
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc
+    from experiential.tasks.mmlu_shift import control_letter
 
     t0 = time.time()
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
@@ -66,7 +67,7 @@ def main() -> None:
     rows = []
     for q, p_s in zip(chosen, student):
         attempt_letter = int(p_s.argmax())
-        wrong = next(i for i in (attempt_letter, *range(4)) if i != q.answer)
+        wrong = control_letter(q.id, q.answer, attempt_letter)
         for kind, make in FEEDBACK_KINDS.items():
             target = q.answer if kind != "control" else wrong
             exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt_letter]}.",

@@ -36,3 +36,10 @@ def test_pipeline_writes_report_and_resumes(tiny_model, tiny_tokenizer, tmp_path
     stage.write_text(json.dumps(data))
     again = run("tiny", tmp_path, cfg, el, questions=QS, probes=QS[:4], load=load)
     assert again["results"]["letter"]["mean_p_target_after"] == 0.123
+
+
+def test_control_claims_neither_the_answer_nor_the_attempt():
+    from experiential.tasks.mmlu_shift import control_letter
+
+    picks = {control_letter(f"q{i}", 1, 2) for i in range(40)}
+    assert picks == {0, 3}

@@ -36,6 +36,13 @@ def content_explanation(q: MCQuestion) -> str:
     return f"The right option is the one that says \"{q.choices[q.answer]}\"."
 
 
+def control_letter(qid: str, answer: int, attempt: int, n: int = 4) -> int:
+    """The control's claimed letter: wrong, and not the model's own attempt either (claiming the
+    attempt is right would teach what the model already said). Deterministic per question."""
+    candidates = [i for i in range(n) if i not in (answer, attempt)]
+    return random.Random(qid).choice(candidates)
+
+
 def feedback_for(kind: str, q: MCQuestion, wrong: int, explanation: str) -> tuple[str, int]:
     """(feedback text, target index) for one kind of experience."""
     if kind == "letter":
@@ -106,7 +113,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         exps, targets = [], []
         for q, p in zip(chosen, p_before):
             attempt = int(p.argmax())
-            wrong = attempt if attempt != q.answer else (q.answer + 1) % 4
+            wrong = control_letter(q.id, q.answer, attempt)
             fb, target = feedback_for(kind, q, wrong, explainer(q))
             exps.append(Experience(format_mc(q), f"The answer is {LETTERS[attempt]}.", fb,
                                    {"question_id": q.id, "kind": kind, "target": target}))
