@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="end to end: answer, get feedback, learn, answer again")
     s.add_argument("--model", default="default")
-    s.add_argument("--steps", type=int, default=10)
+    s.add_argument("--steps", type=int, help="EL steps (default: the ELConfig default)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--output", default="runs/demo", help="where the adapter and report go")
     s.set_defaults(func=cmd_demo)

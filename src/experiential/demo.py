@@ -17,7 +17,7 @@ CONTROL = ("What is the capital of France?\nA. London\nB. Berlin\nC. Paris\nD. M
            "Answer with the letter of the correct option.")
 
 
-def run_demo(model_name: str = "default", *, steps: int = 10, seed: int = 0,
+def run_demo(model_name: str = "default", *, steps: int | None = None, seed: int = 0,
              out: str | os.PathLike = "runs/demo") -> int:
     import torch
 
@@ -49,7 +49,8 @@ def run_demo(model_name: str = "default", *, steps: int = 10, seed: int = 0,
     exp = Experience(QUESTION, attempt.strip(), FEEDBACK, {"target": "B"})
     print(f"\n=== experience ===\nattempt:  {exp.attempt!r}\nfeedback: {exp.feedback!r}")
     print("\n=== learning (self-distillation into a LoRA adapter) ===", flush=True)
-    trainer = ExperientialTrainer(model, tok, ELConfig(max_steps=steps, seed=seed))
+    cfg = ELConfig(seed=seed)
+    trainer = ExperientialTrainer(model, tok, cfg.replace(max_steps=steps) if steps else cfg)
     result = trainer.learn([exp])
     for g in result.gaps_before:
         print("in-context gap: " + g.describe())

@@ -40,7 +40,9 @@ class Gap:
         return asdict(self) | {"gap": self.gap}
 
     def describe(self) -> str:
-        return (f"{self.experience_id[:12]:<12} at token {self.position} "
+        eid = self.experience_id
+        short = eid[:12] + (eid[eid.index("~"):] if "~" in eid else "")
+        return (f"{short:<17} at token {self.position} "
                 f"({self.response_token!r}): teacher favours {self.token!r} "
                 f"P_teacher={self.p_teacher:.2f} P_student={self.p_student:.2f} "
                 f"gap={self.gap:+.2f} divergence={self.divergence:.3f}")
