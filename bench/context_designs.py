@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
@@ -46,24 +45,12 @@ def main() -> None:
     from experiential.scoring import option_probs
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc
-    from experiential.tasks.mmlu_shift import control_letter
+    from experiential.tasks.mmlu_shift import control_letter, questions_it_gets_wrong
 
     t0 = time.time()
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
-    rng = random.Random(args.seed)
-    rng.shuffle(pool)
-    chosen, student = [], []
-    for i in range(0, len(pool), 16):  # score in chunks until n wrong questions are found
-        chunk = pool[i:i + 16]
-        probs = option_probs(model, tok, [[{"role": "user", "content": format_mc(q)}]
-                                          for q in chunk])
-        for q, p in zip(chunk, probs):
-            if int(p.argmax()) != q.answer and len(chosen) < args.n:
-                chosen.append(q)
-                student.append(p)
-        if len(chosen) >= args.n:
-            break
+    chosen, student = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
     rows = []
     for q, p_s in zip(chosen, student):
         attempt_letter = int(p_s.argmax())

@@ -87,18 +87,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     if questions is None:
         questions = [q for q in load_mmlu("test", list(cfg.subjects) if cfg.subjects else None,
                                           data_dir=data_dir) if len(q.choices) == 4]
-    pool = list(questions)
-    random.Random(cfg.seed).shuffle(pool)
-    chosen, p_before = [], []
-    for i in range(0, len(pool), 16):
-        chunk = pool[i:i + 16]
-        probs = option_probs(model, tok, [_msgs(q) for q in chunk])
-        for q, p in zip(chunk, probs):
-            if int(p.argmax()) != q.answer and len(chosen) < cfg.n_questions:
-                chosen.append(q)
-                p_before.append(p)
-        if len(chosen) >= cfg.n_questions:
-            break
+    chosen, p_before = questions_it_gets_wrong(model, tok, questions, cfg.n_questions, cfg.seed)
     if probes is None:
         used = {q.subject for q in chosen}
         probes = sample_questions(load_mmlu("test", data_dir=data_dir), cfg.retention_n,
@@ -145,6 +134,27 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))
     return report
+
+
+def questions_it_gets_wrong(model: Any, tok: Any, questions: Sequence[MCQuestion], n: int,
+                            seed: int) -> tuple[list[MCQuestion], list[Any]]:
+    """The first ``n`` questions, in a seeded shuffle, whose most likely letter is wrong, with
+    the model's letter probabilities for each. Scores in chunks and stops once ``n`` are found."""
+    from ..scoring import option_probs
+
+    pool = list(questions)
+    random.Random(seed).shuffle(pool)
+    chosen, probs_out = [], []
+    for i in range(0, len(pool), 16):
+        chunk = pool[i:i + 16]
+        probs = option_probs(model, tok, [_msgs(q) for q in chunk])
+        for q, p in zip(chunk, probs):
+            if int(p.argmax()) != q.answer and len(chosen) < n:
+                chosen.append(q)
+                probs_out.append(p)
+        if len(chosen) >= n:
+            break
+    return chosen, probs_out
 
 
 def _msgs(q: MCQuestion) -> list[dict[str, str]]:
