@@ -225,6 +225,8 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
     from .tasks.mmlu_shift import ShiftConfig, run
 
     cfg = ShiftConfig(n_questions=args.limit, seed=args.seed, retention_n=args.retention_n)
+    if args.kinds:
+        cfg.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     el = ELConfig.from_file(args.config) if args.config else ELConfig()
     model = args.model
     if args.smoke:
@@ -232,7 +234,12 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
         cfg.n_questions, cfg.retention_n = 2, 8
         el = el.replace(max_steps=2, anchor_per_step=2, batch_size=4, micro_batch_size=4)
     el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}))
-    report = run(model, args.output, cfg, el, data_dir=args.data_dir)
+    explainer = None
+    if args.explanations:
+        from .tasks.mmlu_shift import explanations_from_file
+
+        explainer = explanations_from_file(args.explanations)
+    report = run(model, args.output, cfg, el, data_dir=args.data_dir, explainer=explainer)
     from .tasks.mmlu_shift import markdown
 
     print(markdown(report))
@@ -345,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, help="EL steps per kind (default: the config's)")
     r.add_argument("--retention-n", type=int, default=48)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--kinds", help="comma-separated subset of letter,letter_explanation,"
+                                   "explanation,control (default: all four)")
+    r.add_argument("--explanations", help="JSONL of {question_id, explanation} (e.g. from "
+                                          "`repro mmlu-explain`); default: a content stand-in")
     r.add_argument("--config", help="YAML/JSON ELConfig")
     r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, ../shared/data)")
     r.add_argument("--output", "-o", default="reports/mmlu")

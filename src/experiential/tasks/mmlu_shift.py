@@ -36,6 +36,24 @@ def content_explanation(q: MCQuestion) -> str:
     return f"The right option is the one that says \"{q.choices[q.answer]}\"."
 
 
+def explanations_from_file(path: str | Path) -> Explainer:
+    """An explainer reading ``{"question_id", "explanation"}`` lines (a critic's saved output).
+    A question without an explanation is an error, not a silent fallback."""
+    table = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                table[row["question_id"]] = row["explanation"]
+
+    def explain(q: MCQuestion) -> str:
+        if q.id not in table:
+            raise KeyError(f"{path} has no explanation for question {q.id}")
+        return table[q.id]
+
+    return explain
+
+
 def control_letter(qid: str, answer: int, attempt: int, n: int = 4) -> int:
     """The control's claimed letter: wrong, and not the model's own attempt either (claiming the
     attempt is right would teach what the model already said). Deterministic per question."""
