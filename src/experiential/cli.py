@@ -56,8 +56,10 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                            help=help_)
         else:
             kind = type(value) if value is not None and not isinstance(value, (list, str)) else str
-            if name in ("topk", "epochs"):
+            if name in ("topk", "max_steps"):
                 kind = int
+            if name == "epochs":
+                kind = float
             if name == "stop_kl":
                 kind = _float_or_none
             p.add_argument(flag, dest=name, type=kind, default=None, help=help_)
@@ -233,18 +235,95 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
         model = "smoke"
         cfg.n_questions, cfg.retention_n = 2, 8
         el = el.replace(max_steps=2, anchor_per_step=2, batch_size=4, micro_batch_size=4)
-    el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}))
+    el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}),
+                    **({"epochs": args.epochs} if args.epochs else {}))
     explainer = None
+    critic = _critic_from_args(args)
+    if critic is not None:
+        from .tasks.mmlu_shift import critic_explainer
+
+        explainer = critic_explainer(critic)
     if args.explanations:
         from .tasks.mmlu_shift import explanations_from_file
 
         explainer = explanations_from_file(args.explanations)
     report = run(model, args.output, cfg, el, data_dir=args.data_dir, explainer=explainer)
+    _save_transcript(critic, args.output)
     from .tasks.mmlu_shift import markdown
 
     print(markdown(report))
     print(f"report written to {args.output}/report.json and report.md")
     return 0
+
+
+def _repro_el_config(args: argparse.Namespace, **defaults: Any) -> ELConfig:
+    el = ELConfig.from_file(args.config) if args.config else ELConfig(**defaults)
+    return el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}))
+
+
+def cmd_repro_gsm8k(args: argparse.Namespace) -> int:
+    from .tasks import gsm8k
+
+    cfg = gsm8k.GSM8KConfig(eval_limit=args.limit or None, train_n=args.train_n, seed=args.seed,
+                            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            grpo=not args.no_grpo, grpo_steps=args.grpo_steps)
+    # Published: effective batch 128 over the training experiences.
+    el = _repro_el_config(args, batch_size=min(128, args.train_n), micro_batch_size=4,
+                          epochs=args.epochs, max_length=2048)
+    model = args.model
+    if args.smoke:
+        model = "smoke"
+        cfg.eval_limit, cfg.train_n, cfg.max_new_tokens = 4, 4, 32
+        cfg.grpo_steps, cfg.grpo_prompts_per_step, cfg.grpo_num_generations = 1, 2, 2
+        el = el.replace(batch_size=4, max_steps=1, anchor_per_step=2)
+    critic = _critic_from_args(args)
+    report = gsm8k.run(model, args.output, cfg, el, data_dir=args.data_dir, critic=critic)
+    _save_transcript(critic, args.output)
+    print(gsm8k.markdown(report))
+    print(f"report written to {args.output}/report.json, report.md, report.png")
+    return 0
+
+
+def cmd_repro_humaneval(args: argparse.Namespace) -> int:
+    from .tasks import humaneval
+
+    cfg = humaneval.HumanEvalConfig(limit=args.limit or None, repeats=args.repeats,
+                                    seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                    batch_size=args.batch_size,
+                                    feedback=[k.strip() for k in args.feedback.split(",")])
+    el = _repro_el_config(args, max_length=2048, epochs=args.epochs)
+    model = args.model
+    if args.smoke:
+        model = "smoke"
+        cfg.limit, cfg.repeats, cfg.max_new_tokens = 4, 2, 48
+        el = el.replace(batch_size=2, micro_batch_size=2, max_steps=1,
+                        anchor_per_step=2)
+    report = humaneval.run(model, args.output, cfg, el, data_dir=args.data_dir)
+    print(humaneval.markdown(report))
+    print(f"report written to {args.output}/report.json, report.md, report.png")
+    return 0
+
+
+def _save_transcript(critic: Any, out: str) -> None:
+    """What the critic was asked and said this run, beside the report, so anyone can inspect
+    what the model learned from (cached replies included)."""
+    if critic is not None and critic.transcript:
+        n = critic.dump_transcript(Path(out) / "critic_transcript.jsonl")
+        print(f"critic transcript ({n} requests) written to {out}/critic_transcript.jsonl")
+
+
+def _critic_from_args(args: argparse.Namespace) -> Any:
+    """A critic from ``--critic-url``/``--critic-model`` (OpenAI-compatible endpoint) or
+    ``--critic-local`` (a local model: id, directory, .gguf, or ``critic``); None without them."""
+    if getattr(args, "critic_url", None):
+        from .feedback.critic import Critic, OpenAIBackend
+
+        return Critic(OpenAIBackend(args.critic_url, args.critic_model or "gpt-4o-mini"))
+    if getattr(args, "critic_local", None):
+        from .feedback.critic import Critic, LocalBackend
+
+        return Critic(LocalBackend(args.critic_local))
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -349,18 +428,55 @@ def build_parser() -> argparse.ArgumentParser:
                                      "explanation / explanation / wrong-letter control)")
     r.add_argument("--model", default="default")
     r.add_argument("--limit", type=int, default=8, help="questions the model gets wrong")
-    r.add_argument("--steps", type=int, help="EL steps per kind (default: the config's)")
+    r.add_argument("--steps", type=int, help="EL steps per kind (default: from --epochs)")
+    r.add_argument("--epochs", type=float, help="passes over the experiences (default: the "
+                                                "config's, 8)")
     r.add_argument("--retention-n", type=int, default=48)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--kinds", help="comma-separated subset of letter,letter_explanation,"
                                    "explanation,control (default: all four)")
     r.add_argument("--explanations", help="JSONL of {question_id, explanation} (e.g. from "
                                           "`repro mmlu-explain`); default: a content stand-in")
+    r.add_argument("--critic-url", help="OpenAI-compatible endpoint that writes the explanations")
+    r.add_argument("--critic-model", help="model name at --critic-url (default gpt-4o-mini)")
+    r.add_argument("--critic-local", help="local model that writes the explanations (`critic`: "
+                                          "the embedded Qwen2.5-Coder-1.5B-Instruct)")
     r.add_argument("--config", help="YAML/JSON ELConfig")
     r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, ../shared/data)")
     r.add_argument("--output", "-o", default="reports/mmlu")
     r.add_argument("--smoke", action="store_true", help="tiny run on SmolLM2-135M (about a minute)")
     r.set_defaults(func=cmd_repro_mmlu)
+
+    def common(r: argparse.ArgumentParser, output: str) -> None:
+        r.add_argument("--model", default="default")
+        r.add_argument("--seed", type=int, default=0)
+        r.add_argument("--steps", type=int, help="EL steps (default: from --epochs)")
+        r.add_argument("--epochs", type=float, default=4, help="EL passes over the experiences")
+        r.add_argument("--max-new-tokens", type=int)
+        r.add_argument("--batch-size", type=int, default=8, help="generation batch size")
+        r.add_argument("--config", help="YAML/JSON ELConfig (overrides the experiment's defaults)")
+        r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, "
+                                          "../shared/data)")
+        r.add_argument("--output", "-o", default=output)
+        r.add_argument("--smoke", action="store_true", help="tiny run on SmolLM2-135M")
+
+    r = rsub.add_parser("gsm8k", help="GSM8K chain of thought: EL vs a GRPO baseline")
+    common(r, "reports/gsm8k")
+    r.add_argument("--limit", type=int, default=64, help="test problems (0: all 1,319)")
+    r.add_argument("--train-n", type=int, default=256)
+    r.add_argument("--no-grpo", action="store_true")
+    r.add_argument("--grpo-steps", type=int)
+    r.add_argument("--critic-url", help="OpenAI-compatible endpoint for the critic")
+    r.add_argument("--critic-model", help="model name at --critic-url (default gpt-4o-mini)")
+    r.add_argument("--critic-local", help="local critic model (e.g. `critic`)")
+    r.set_defaults(func=cmd_repro_gsm8k, max_new_tokens=256)
+
+    r = rsub.add_parser("humaneval", help="HumanEval Monte Carlo cross-validation")
+    common(r, "reports/humaneval")
+    r.add_argument("--limit", type=int, default=0, help="first N tasks (0: all 164)")
+    r.add_argument("--repeats", type=int, default=5)
+    r.add_argument("--feedback", default="tests,io", help="tests and/or io")
+    r.set_defaults(func=cmd_repro_humaneval, max_new_tokens=384)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server that learns from feedback")
     s.add_argument("--model", default="default")

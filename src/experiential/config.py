@@ -61,11 +61,15 @@ class ELConfig:
 
     # -- optimisation -----------------------------------------------------------------------
     learning_rate: float = 3e-4
-    max_steps: int = 8
-    """Optimizer steps. Each step sees ``batch_size`` experiences (accumulated in chunks of
-    ``micro_batch_size``)."""
-    epochs: Optional[int] = None
-    """If set, overrides ``max_steps`` with ``ceil(epochs * n_experiences / batch_size)``."""
+    epochs: float = 8
+    """Passes over the experience pairs (after augmentation): ``ceil(epochs * n_pairs /
+    min(batch_size, n_pairs))`` steps. One experience (3 rotated pairs) gets 8 steps; twenty get
+    60. One pass over twenty MMLU experiences moved P(true answer) only .24 -> .27 on
+    Qwen2.5-Coder-0.5B (``reports/mmlu``), so the default counts passes, not steps."""
+    max_steps: Optional[int] = None
+    """If set, exactly this many optimizer steps, whatever ``epochs`` says (as in
+    ``transformers.TrainingArguments``). Each step sees ``batch_size`` pairs, accumulated in chunks
+    of ``micro_batch_size``."""
     batch_size: int = 8
     micro_batch_size: int = 4
     weight_decay: float = 0.0
@@ -102,8 +106,12 @@ class ELConfig:
             raise ValueError(f"unknown divergence {self.divergence!r}")
         if self.response not in ("attempt", "samples"):
             raise ValueError(f"response must be 'attempt' or 'samples', got {self.response!r}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set epochs or max_steps")
         for name in ("max_steps", "batch_size", "micro_batch_size", "max_length", "num_samples"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.jsd_beta < 1.0:
             raise ValueError("jsd_beta must be in (0, 1)")

@@ -100,7 +100,8 @@ class ExperientialTrainer:
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: ELConfig | None = None, *,
-                 anchor_pairs: Sequence[Pair] | None = None, probes: Sequence[Any] | None = None):
+                 anchor_pairs: Sequence[Pair] | None = None, probes: Sequence[Any] | None = None,
+                 probe_baseline: torch.Tensor | None = None):
         self.cfg = config or ELConfig()
         self.tok = tokenizer
         self.objective = get_objective(self.cfg.objective)
@@ -109,6 +110,9 @@ class ExperientialTrainer:
         self.teacher = TeacherModel(self.model, frozen, cache_mb=self.cfg.teacher_cache_mb)
         self._anchor_pairs = list(anchor_pairs) if anchor_pairs is not None else None
         self._probes = list(probes) if probes is not None else None
+        # The original model's probe log-probs never change: callers running many updates from
+        # the same base (benchmarks, cross-validation) pass them once instead of rescoring.
+        self._probe_baseline = probe_baseline
         self.result: LearnResult | None = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -168,12 +172,15 @@ class ExperientialTrainer:
         gaps_before = measure_gaps(model, tok, pairs, cfg, self.teacher)
         probes = self.probes()
         before = None
-        if probes:
+        if probes and self._probe_baseline is not None:
+            before = self._probe_baseline
+        elif probes:
             with self.teacher.active() as base:
                 before = probe_logprobs(base, tok, probes)
+            self._probe_baseline = before
 
-        n_steps = cfg.max_steps if cfg.epochs is None else \
-            max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+        n_steps = cfg.max_steps if cfg.max_steps is not None else \
+            max(1, math.ceil(cfg.epochs * len(pairs) / min(cfg.batch_size, len(pairs))))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(

@@ -54,6 +54,30 @@ def explanations_from_file(path: str | Path) -> Explainer:
     return explain
 
 
+CRITIC_TEMPLATE = (
+    "Question:\n{problem}\n\nStudent's answer: {attempt}\n\nThe correct option is: {reference}"
+    "\n\nThe student's answer is wrong. In 2-4 sentences, explain why the correct option is right "
+    "and why the student's choice is wrong. Refer to options by their content only: do not write "
+    "any option letter (A, B, C or D).")
+
+
+def critic_explainer(critic: Any) -> Explainer:
+    """Explanations written by a critic (any object with ``complete(messages) -> str`` and
+    ``messages(task, attempt, template)``, i.e. :class:`experiential.feedback.critic.Critic`),
+    given the correct option; the letter is kept out so kind (c) is an explanation only."""
+    from ..feedback.base import Task
+
+    critic.templates.setdefault("mmlu_explain", CRITIC_TEMPLATE)
+
+    def explain(q: MCQuestion) -> str:
+        task = Task(prompt=format_mc(q).rsplit("\nAnswer with", 1)[0],
+                    reference=q.choices[q.answer], id=q.id)
+        wrong = q.metadata.get("attempt", "")
+        return critic.complete(critic.messages(task, wrong, "mmlu_explain")).strip()
+
+    return explain
+
+
 def control_letter(qid: str, answer: int, attempt: int, n: int = 4) -> int:
     """The control's claimed letter: wrong, and not the model's own attempt either (claiming the
     attempt is right would teach what the model already said). Deterministic per question."""
@@ -88,7 +112,8 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         questions: list[MCQuestion] | None = None, probes: list[MCQuestion] | None = None,
         load: Callable[[str], tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """Run the experiment and write ``report.json`` and ``report.md`` under ``out_dir``.
-    Stages are resumable: finished kinds are read back from ``stages/<kind>.json``."""
+    Stages are resumable: finished kinds are read back from ``stages/<kind>.json``, the
+    explanations from ``stages/explanations.json``."""
     import torch
 
     from ..models import load_model
@@ -111,6 +136,16 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         probes = sample_questions(load_mmlu("test", data_dir=data_dir), cfg.retention_n,
                                   cfg.seed + 1, exclude_subjects=used)
         probes = [q for q in probes if len(q.choices) == 4]
+    for q, p in zip(chosen, p_before):
+        q.metadata["attempt"] = q.choices[int(p.argmax())]  # what the model chose, for a critic
+    explanations: dict[str, str] = {}
+    if any(k in ("letter_explanation", "explanation") for k in cfg.kinds):
+        path = out / "stages" / "explanations.json"
+        if path.is_file():
+            explanations = json.loads(path.read_text())
+        else:
+            explanations = {q.id: explainer(q) for q in chosen}
+            path.write_text(json.dumps(explanations, indent=1))
     results: dict[str, Any] = {}
     for kind in cfg.kinds:
         stage = out / "stages" / f"{kind}.json"
@@ -121,7 +156,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         for q, p in zip(chosen, p_before):
             attempt = int(p.argmax())
             wrong = control_letter(q.id, q.answer, attempt)
-            fb, target = feedback_for(kind, q, wrong, explainer(q))
+            fb, target = feedback_for(kind, q, wrong, explanations.get(q.id, ""))
             exps.append(Experience(format_mc(q), f"The answer is {LETTERS[attempt]}.", fb,
                                    {"question_id": q.id, "kind": kind, "target": target}))
             targets.append(target)
