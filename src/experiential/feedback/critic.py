@@ -1,11 +1,10 @@
-"""An LLM critic as a feedback source: a model reads the task, the attempt (and the reference
-solution, when there is one) and writes the feedback, as GPT-4o-mini did in the published runs.
+"""An LLM critic as a feedback source: a model reads the task, the attempt and the reference
+solution (when there is one) and writes the feedback, as GPT-4o-mini did in the published runs.
 
-Two backends: any OpenAI-compatible endpoint (:class:`OpenAIBackend`, including ``experiential
-serve``) and a local model (:class:`LocalBackend`, e.g. the embedded ``critic`` model given the
-reference solution in its prompt). Every answer is cached on disk by request, so rerunning an
-experiment neither pays for nor waits on the critic again, and :attr:`Critic.transcript` keeps what
-the critic said for the report.
+Backends: any OpenAI-compatible endpoint (:class:`OpenAIBackend`, ``experiential serve`` included)
+or a local model (:class:`LocalBackend`, e.g. the embedded ``critic`` given the reference solution).
+Answers are cached on disk by request, so a rerun neither pays for nor waits on the critic, and
+:attr:`Critic.transcript` keeps what the critic said for the report.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ class CriticError(RuntimeError):
 
 
 class CriticUnavailableError(CriticError):
-    """The critic endpoint could not be reached or kept failing after every retry."""
+    """The critic endpoint could not be reached, or kept failing, after every retry."""
 
 
 class ChatBackend(Protocol):
@@ -61,6 +60,10 @@ class ChatBackend(Protocol):
     model_name: str
 
     def complete(self, messages: list[Message], *, max_tokens: int, temperature: float) -> str: ...
+
+
+_HINTS = {401: " (check the API key)", 403: " (check the API key's permissions)",
+          404: " (check base_url and the model name)"}
 
 
 class OpenAIBackend:
@@ -111,10 +114,6 @@ class OpenAIBackend:
             "that base_url and the model name are right, or raise timeout/max_retries.")
 
 
-_HINTS = {401: " (check the API key)", 403: " (check the API key's permissions)",
-          404: " (check base_url and the model name)"}
-
-
 def _server_message(r: httpx.Response) -> str:
     try:
         err = r.json().get("error")
@@ -124,10 +123,9 @@ def _server_message(r: httpx.Response) -> str:
 
 
 def _retry_after(value: str | None, default: float) -> float:
-    if not value:
-        return default
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), else default."""
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(value)) if value else default
     except ValueError:
         try:
             return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
@@ -162,11 +160,9 @@ class LocalBackend:
 
     def complete(self, messages: list[Message], *, max_tokens: int, temperature: float) -> str:
         from ..generation import generate
-
         with self._lock:  # one generation at a time; also guards the lazy load
             if self.model is None:
                 from ..models import load_model
-
                 self.model, self.tokenizer = load_model(self.path, dtype=self.dtype,
                                                         device=self.device)
             return generate(self.model, self.tokenizer, [messages], max_new_tokens=max_tokens,
@@ -196,7 +192,6 @@ class Critic:
                              f"{sorted(self.templates)}")
         if cache_dir is ...:
             from ..models import cache_dir as base_cache
-
             cache_dir = base_cache() / "critic"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.max_tokens, self.temperature, self.system = max_tokens, temperature, system
@@ -214,9 +209,7 @@ class Critic:
             verdict = judge.get("correct") if isinstance(judge, dict) else judge
         if verdict is None:
             return "review"
-        if verdict:
-            return "sloppy" if meta.get("sloppy") else "correct"
-        return "wrong_explain"
+        return ("sloppy" if meta.get("sloppy") else "correct") if verdict else "wrong_explain"
 
     def messages(self, task: Task, attempt: str, template: str | None = None) -> list[Message]:
         """The chat the critic is sent (public so a report can show it)."""
@@ -236,17 +229,17 @@ class Critic:
                    "max_tokens": self.max_tokens, "temperature": self.temperature}
         key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
         path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
-        reply, cached = None, False
-        if path is not None and path.is_file():
-            try:
-                reply, cached = json.loads(path.read_text("utf-8"))["response"], True
-            except (ValueError, KeyError, OSError):
-                reply = None  # a damaged entry is asked again and rewritten
+        reply = None
+        try:
+            reply = json.loads(path.read_text("utf-8"))["response"] if path else None
+        except (OSError, ValueError, KeyError):  # absent or damaged: ask, then (re)write
+            pass
+        cached = reply is not None
         if reply is None:
             reply = self.backend.complete(messages, max_tokens=self.max_tokens,
                                           temperature=self.temperature)
             if path is not None and reply.strip():  # an empty reply is not worth keeping
-                _write_atomic(path, {"request": request, "response": reply})
+                _write_atomic(path, json.dumps({"request": request, "response": reply}))
         self.transcript.append({"request": request, "response": reply, "cached": cached})
         return reply
 
@@ -265,16 +258,16 @@ class Critic:
     def dump_transcript(self, path: str | os.PathLike) -> int:
         """Write :attr:`transcript` as JSONL, atomically. Returns the number of entries."""
         lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in self.transcript)
-        _write_atomic(Path(path), None, text=lines)
+        _write_atomic(Path(path), lines)
         return len(self.transcript)
 
 
-def _write_atomic(path: Path, obj: Any, text: str | None = None) -> None:
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text if text is not None else json.dumps(obj, ensure_ascii=False))
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
