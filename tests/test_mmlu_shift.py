@@ -43,3 +43,12 @@ def test_control_claims_neither_the_answer_nor_the_attempt():
 
     picks = {control_letter(f"q{i}", 1, 2) for i in range(40)}
     assert picks == {0, 3}
+
+
+def test_critic_explanations_never_carry_the_letter():
+    from experiential.tasks.mc import MCQuestion
+    from experiential.tasks.mmlu_shift import redact_letters
+
+    q = MCQuestion("Total cost?", ["$100", "$200", "$300", "$405"], 3)
+    text = redact_letters("The correct option is D. Answer (B) double counts. A student errs.", q)
+    assert text == 'The correct option is "$405". Answer "$200" double counts. A student errs.'

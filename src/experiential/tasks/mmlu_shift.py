@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,22 @@ def critic_explainer(critic: Any) -> Explainer:
         task = Task(prompt=format_mc(q).rsplit("\nAnswer with", 1)[0],
                     reference=q.choices[q.answer], id=q.id)
         wrong = q.metadata.get("attempt", "")
-        return critic.complete(critic.messages(task, wrong, "mmlu_explain")).strip()
+        return redact_letters(critic.complete(critic.messages(task, wrong, "mmlu_explain")), q)
 
     return explain
+
+
+_LETTER_REF = re.compile(r"\b((?:option|answer|choice)\s+(?:is\s+)?)\(?([A-D])\)?(?!\w)", re.IGNORECASE)
+
+
+def redact_letters(text: str, q: MCQuestion) -> str:
+    """Replace "option D" / "answer is (D)" with the option's content: a small critic does not
+    always obey "no letters", and kind (c) must not carry the letter."""
+    def content(m: re.Match[str]) -> str:
+        i = LETTERS.index(m.group(2).upper())
+        return f"{m.group(1)}\"{q.choices[i]}\"" if i < len(q.choices) else m.group(0)
+
+    return _LETTER_REF.sub(content, text).strip()
 
 
 def control_letter(qid: str, answer: int, attempt: int, n: int = 4) -> int:
