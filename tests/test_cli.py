@@ -30,8 +30,10 @@ def exps_file(tmp_path):
 
 def test_every_command_has_help(capsys):
     parser = build_parser()
-    commands = ["learn", "generate", "score", "experiences", "feedback", "demo", "serve", "chat"]
-    for cmd in commands + ["experiences add", "experiences list", "experiences export"]:
+    commands = ["learn", "generate", "score", "experiences", "feedback", "review", "demo", "serve",
+                "chat"]
+    for cmd in commands + ["experiences add", "experiences list", "experiences export",
+                           "repro mmlu", "repro gsm8k", "repro humaneval"]:
         with pytest.raises(SystemExit) as e:
             parser.parse_args(cmd.split() + ["--help"])
         assert e.value.code == 0
@@ -111,3 +113,28 @@ def test_missing_file_is_a_clear_error(model_dir, tmp_path, capsys):
     assert main(["learn", "--experiences", str(tmp_path / "nope.jsonl"), "--model", model_dir,
                  "-o", str(tmp_path / "a")] + FAST) == 2
     assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_review_runs_a_feedback_source_over_attempts(tmp_path, capsys):
+    from experiential.tasks.data import load_humaneval
+
+    rows = load_humaneval()[:2]
+    attempts = tmp_path / "attempts.jsonl"
+    with open(attempts, "w") as f:
+        for r, code in zip(rows, [rows[0]["canonical_solution"], "    return None\n"]):
+            f.write(json.dumps({"id": r["task_id"], "prompt": r["prompt"], "attempt": code,
+                                "tests": r["test"], "entry_point": r["entry_point"]}) + "\n")
+        f.write(json.dumps({"id": "no-tests", "prompt": "x", "attempt": "y"}) + "\n")
+    out, store = tmp_path / "exps.jsonl", tmp_path / "s.db"
+    assert main(["review", "--source", "tests", "-i", str(attempts), "-o", str(out),
+                 "--store", str(store)]) == 0
+    said = capsys.readouterr().out
+    assert "3 experiences from tests; 1/2 passed or correct; 1 without feedback" in said
+    exps = [json.loads(line) for line in open(out)]
+    assert [e["metadata"].get("passed") for e in exps] == [True, False, None]
+    assert ExperienceStore(store).count() == 3
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text(json.dumps({"prompt": "2+2?", "attempt": "It is 5.", "reference": "#### 4"}))
+    assert main(["review", "--source", "answer", "-i", str(gsm)]) == 0
+    assert "Your final answer 5 is wrong." in capsys.readouterr().out
+    assert main(["review", "--source", "critic", "-i", str(gsm)]) == 2  # no critic given

@@ -217,6 +217,37 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """Run a feedback source over attempts; write experiences (JSONL and/or the store)."""
+    from .experience import save_jsonl
+    from .feedback import load_attempts, make_source, review_all
+
+    source = make_source(args.source, timeout=args.timeout, show_expected=args.show_expected,
+                         include_solution=args.include_solution, critic_url=args.critic_url,
+                         critic_model=args.critic_model, critic_local=args.critic_local)
+    tasks, attempts = load_attempts(args.input)
+    exps = review_all(source, tasks, attempts, workers=args.workers)
+    if args.output:
+        save_jsonl(exps, args.output)
+    if args.store:
+        from .store import ExperienceStore
+
+        ExperienceStore(args.store).extend(exps)
+    errors = sum(bool(e.metadata.get("feedback_error")) for e in exps)
+    verdicts = [e.metadata.get("passed", e.metadata.get("correct")) for e in exps]
+    judged = [v for v in verdicts if v is not None]
+    line = f"{len(exps)} experiences from {args.source}"
+    if judged:
+        line += f"; {sum(map(bool, judged))}/{len(judged)} passed or correct"
+    if errors:
+        line += f"; {errors} without feedback (see their feedback text)"
+    print(line + "".join(f"; written to {p}" for p in (args.output, args.store) if p))
+    if not args.output and not args.store:
+        for e in exps:
+            print(json.dumps(e.to_dict(), ensure_ascii=False))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -414,6 +445,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=256)
     _model_arg(s)
     s.set_defaults(func=cmd_feedback)
+
+    s = sub.add_parser("review", help="run a feedback source (tests, io, answer, critic) over "
+                                      "attempts and write the experiences")
+    s.add_argument("--source", required=True, choices=["tests", "io", "answer", "critic"])
+    s.add_argument("--input", "-i", required=True,
+                   help="JSONL: prompt, attempt, and reference / tests + entry_point as needed")
+    s.add_argument("--output", "-o", help="experiences JSONL")
+    s.add_argument("--store", help="append the experiences to this SQLite store")
+    s.add_argument("--workers", type=int, default=2, help="parallel reviews (sandbox runs, "
+                                                         "critic requests)")
+    s.add_argument("--timeout", type=float, default=10.0, help="seconds per sandboxed run")
+    s.add_argument("--show-expected", action="store_true", help="io: also print expected values")
+    s.add_argument("--include-solution", action="store_true",
+                   help="answer: quote the reference solution in the feedback")
+    s.add_argument("--critic-url")
+    s.add_argument("--critic-model")
+    s.add_argument("--critic-local")
+    s.set_defaults(func=cmd_review)
 
     s = sub.add_parser("demo", help="end to end: answer, get feedback, learn, answer again")
     s.add_argument("--model", default="default")
