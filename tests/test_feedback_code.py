@@ -221,7 +221,8 @@ def test_failure_feedback_shows_the_test_and_a_trimmed_traceback(humaneval):
     for prelude in ("runner", "experiential-sandbox", "_namespace", "exec(", "disabled"):
         assert prelude not in e.feedback
     crash = TestFeedback().review(task, "    return numbers[100]\n")
-    assert "your code raised IndexError" in crash.feedback and 'File "solution.py"' in crash.feedback
+    assert "your code raised IndexError" in crash.feedback
+    assert 'File "solution.py"' in crash.feedback
     slow = TestFeedback(timeout=1).review(task, "    while True:\n        pass\n")
     assert slow.metadata["status"] == "timeout" and "timed out after 1.0 s" in slow.feedback
 
@@ -229,7 +230,8 @@ def test_failure_feedback_shows_the_test_and_a_trimmed_traceback(humaneval):
 def test_a_demo_under_main_in_the_attempt_does_not_run_under_the_tests(humaneval):
     row = humaneval[0]
     attempt = (f"```python\n{row['prompt']}{row['canonical_solution']}\n"
-               "if __name__ == '__main__':\n    print(has_close_elements([float(input())], 1))\n```")
+               "if __name__ == '__main__':\n"
+               "    print(has_close_elements([float(input())], 1))\n```")
     assert TestFeedback().review(to_task(row), attempt).metadata["passed"] is True
 
 

@@ -176,7 +176,9 @@ def verdict(result: SandboxResult) -> str:
     """"All tests passed." or what went wrong, with the trimmed traceback."""
     if result.ok:
         return "All tests passed."
-    if result.status in ("timeout", "memory", "killed", "error"):
+    if result.status == "error":
+        return f"The tests could not be run: {result.message}."
+    if result.status in ("timeout", "memory", "killed"):
         return f"Tests failed: the code {result.message}."
     tb = result.stderr.strip()
     frames = re.findall(r'File "([^"]+)"', tb)
@@ -234,8 +236,9 @@ def _io_emit(line):
 
 def _io_call(fn, args, kwargs):
     _IO["calls"] += 1
-    label = _IO_NAME + "(" + ", ".join([_io_short(a, 200) for a in args]
-                                       + [f"{k}={_io_short(v, 200)}" for k, v in kwargs.items()]) + ")"
+    shown = [_io_short(a, 200) for a in args]
+    shown += [f"{k}={_io_short(v, 200)}" for k, v in kwargs.items()]
+    label = _IO_NAME + "(" + ", ".join(shown) + ")"
     printed = _io_io.StringIO()
     failed = True
     old = _io_signal.signal(_io_signal.SIGALRM, _io_alarm)
@@ -402,7 +405,9 @@ class _PrintCalls(ast.NodeTransformer):
                         prefix = "" if _is_call_of(mine, p) else _shorten(ast.unparse(
                             _Renamer(p, self.name, "...").visit(_copy(mine))), 100) + " == "
                         return "eq", _copy(other), prefix
+            func = left.func if isinstance(left, ast.Call) else None
             if isinstance(op, (ast.Lt, ast.LtE)) and isinstance(left, ast.Call) \
+                    and getattr(func, "id", getattr(func, "attr", "")) in ("abs", "fabs") \
                     and len(left.args) == 1 and isinstance(left.args[0], ast.BinOp) \
                     and isinstance(left.args[0].op, ast.Sub) and not _calls(right, p):
                 a, b = left.args[0].left, left.args[0].right
@@ -413,7 +418,7 @@ class _PrintCalls(ast.NodeTransformer):
 
 
 class _Renamer(ast.NodeTransformer):
-    """``candidate(x)`` -> ``has_close_elements(x)`` (or ``has_close_elements(...)``) for display."""
+    """``candidate(x)`` -> ``has_close_elements(x)`` (or ``has_close_elements(...)``), to show."""
 
     def __init__(self, param: str, name: str, args: str | None = None):
         self.param, self.name, self.args = param, name, args
@@ -485,7 +490,7 @@ class IOFeedback:
             "Your function produced no output on the test inputs."
         if summary is None:  # the run ended before the tests finished
             if result.status in ("timeout", "memory", "killed", "error"):
-                text += f"\n(The run stopped: the code {result.message}.)"
+                text += f"\n(The run stopped: {result.message}.)"
             else:
                 text = (text + "\n" if lines else "") + verdict(result)
             passed, status = False, result.status if result.status != "passed" else "failed"

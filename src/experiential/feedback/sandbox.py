@@ -10,15 +10,18 @@ size, no core dumps, and a process count. When the caller is root the child also
 network namespace (a real barrier, not just a Python-level one).
 
 Inside the child, before the code runs, a guard in the manner of HumanEval's ``reliability_guard``
-replaces process creation, signals, deletion, renaming, permission and directory changes (in ``os``
-*and* ``posix``, which exports the same functions), ``subprocess``, ``shutil.rmtree``/``move``,
-``exit``/``quit``, sockets, and writing outside ``work/`` (``open``, ``io.open``, ``io.FileIO``,
-``os.open``) with functions that raise ``PermissionError("os.system is disabled in the sandbox")``,
-so the reason reads clearly in the traceback. ``ctypes``, ``multiprocessing``, ``resource`` and
-``psutil`` cannot be imported. Like HumanEval's, the guard stops accidents and naive attacks; it is
-not a security boundary against code written to escape it. Note that ``RLIMIT_NPROC`` is not
-enforced for root, so there the disabled fork is what stops a fork bomb; run under a container or
-an unprivileged user for a real boundary.
+replaces process creation, signals, ``chown``/``chdir``/``setuid`` and the like (in ``os`` *and*
+``posix``, which exports the same functions), ``subprocess``, ``exit``/``quit`` and sockets with
+functions that raise ``PermissionError("os.system is disabled in the sandbox")``, so the reason
+reads clearly in the traceback. Writing, deleting, renaming or chmod-ing is allowed inside
+``work/`` only (``tempfile`` needs it) and refused outside ("writing outside the sandbox directory
+is disabled", "shutil.rmtree outside the sandbox directory is disabled"), through ``open``,
+``io.open``, ``io.FileIO``, ``os.open``, ``os.remove``/``unlink``/``rename``/... and
+``shutil.rmtree``/``move``, ``dir_fd`` arguments included. ``ctypes``, ``multiprocessing``,
+``resource`` and ``psutil`` cannot be imported. Like HumanEval's, the guard stops accidents and
+naive attacks; it is not a security boundary against code written to escape it. Note that
+``RLIMIT_NPROC`` is not enforced for root, so there the disabled fork is what stops a fork bomb;
+run under a container or an unprivileged user for a real boundary.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 MAX_OUTPUT = 20_000
-"""Characters of stdout/stderr kept in a result (the head and the tail; tracebacks are at the end)."""
+"""Characters of stdout/stderr kept in a result: head and tail (a traceback is at the end)."""
 
 NPROC_MARGIN = 64
 """Processes/threads the child may add to the user's current count (belt and braces: fork is
