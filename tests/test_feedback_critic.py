@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
+from conftest import build_tiny_model, build_tiny_tokenizer, running
 from experiential.feedback.base import Task, review_all
 from experiential.feedback.critic import (TEMPLATES, Critic, CriticError, CriticUnavailableError,
                                           LocalBackend, OpenAIBackend)
@@ -79,28 +79,6 @@ def fast(url: str, **kw: Any) -> OpenAIBackend:
 
 
 # -- the project's own server --------------------------------------------------------------------
-@contextmanager
-def running(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port, in a thread (as tests/test_serve.py)."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
-
-
 def test_critic_against_experiential_serve_then_cached_when_the_server_is_gone(tmp_path):
     pytest.importorskip("fastapi")
     from experiential.serve import create_app

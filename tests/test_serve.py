@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
-from conftest import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from conftest import build_tiny_model, build_tiny_tokenizer, running  # noqa: E402
 
 from experiential.config import ELConfig  # noqa: E402
 from experiential.context import teacher_messages  # noqa: E402
@@ -47,27 +46,6 @@ def tiny_config(**kw: Any) -> ELConfig:
 @pytest.fixture(scope="module")
 def tok():
     return build_tiny_tokenizer()
-
-
-@contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free loopback port in a thread; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 @pytest.fixture()
