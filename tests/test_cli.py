@@ -138,3 +138,13 @@ def test_review_runs_a_feedback_source_over_attempts(tmp_path, capsys):
     assert main(["review", "--source", "answer", "-i", str(gsm)]) == 0
     assert "Your final answer 5 is wrong." in capsys.readouterr().out
     assert main(["review", "--source", "critic", "-i", str(gsm)]) == 2  # no critic given
+
+
+@pytest.mark.parametrize("experiment", ["mmlu", "gsm8k", "humaneval"])
+def test_repro_smoke_runs_end_to_end_and_writes_reports(experiment, model_dir, tmp_path):
+    out = tmp_path / experiment
+    assert main(["repro", experiment, "--smoke", "--model", model_dir, "-o", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] == model_dir
+    assert (out / "report.md").read_text().count("|") > 10
+    assert (out / "report.png").stat().st_size > 1000

@@ -261,9 +261,8 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
     if args.kinds:
         cfg.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     el = ELConfig.from_file(args.config) if args.config else ELConfig()
-    model = args.model
+    model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
-        model = "smoke"
         cfg.n_questions, cfg.retention_n = 2, 8
         el = el.replace(max_steps=2, anchor_per_step=2, batch_size=4, micro_batch_size=4)
     el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}),
@@ -301,9 +300,8 @@ def cmd_repro_gsm8k(args: argparse.Namespace) -> int:
     # Published: effective batch 128 over the training experiences.
     el = _repro_el_config(args, batch_size=min(128, args.train_n), micro_batch_size=4,
                           epochs=args.epochs, max_length=2048)
-    model = args.model
+    model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
-        model = "smoke"
         cfg.eval_limit, cfg.train_n, cfg.max_new_tokens = 4, 4, 32
         cfg.grpo_steps, cfg.grpo_prompts_per_step, cfg.grpo_num_generations = 1, 2, 2
         el = el.replace(batch_size=4, max_steps=1, anchor_per_step=2)
@@ -323,9 +321,8 @@ def cmd_repro_humaneval(args: argparse.Namespace) -> int:
                                     batch_size=args.batch_size,
                                     feedback=[k.strip() for k in args.feedback.split(",")])
     el = _repro_el_config(args, max_length=2048, epochs=args.epochs)
-    model = args.model
+    model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
-        model = "smoke"
         cfg.limit, cfg.repeats, cfg.max_new_tokens = 4, 2, 48
         el = el.replace(batch_size=2, micro_batch_size=2, max_steps=1,
                         anchor_per_step=2)
@@ -475,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = s.add_subparsers(dest="experiment", required=True)
     r = rsub.add_parser("mmlu", help="MMLU answer-probability shift (letter / letter + "
                                      "explanation / explanation / wrong-letter control)")
-    r.add_argument("--model", default="default")
+    r.add_argument("--model", help="default: the embedded default (`smoke` with --smoke)")
     r.add_argument("--limit", type=int, default=8, help="questions the model gets wrong")
     r.add_argument("--steps", type=int, help="EL steps per kind (default: from --epochs)")
     r.add_argument("--epochs", type=float, help="passes over the experiences (default: the "
@@ -493,11 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML/JSON ELConfig")
     r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, ../shared/data)")
     r.add_argument("--output", "-o", default="reports/mmlu")
-    r.add_argument("--smoke", action="store_true", help="tiny run on SmolLM2-135M (about a minute)")
+    r.add_argument("--smoke", action="store_true", help="tiny sizes on SmolLM2-135M (or on --model)")
     r.set_defaults(func=cmd_repro_mmlu)
 
     def common(r: argparse.ArgumentParser, output: str) -> None:
-        r.add_argument("--model", default="default")
+        r.add_argument("--model", help="default: the embedded default (`smoke` with --smoke)")
         r.add_argument("--seed", type=int, default=0)
         r.add_argument("--steps", type=int, help="EL steps (default: from --epochs)")
         r.add_argument("--epochs", type=float, default=4, help="EL passes over the experiences")
@@ -507,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, "
                                           "../shared/data)")
         r.add_argument("--output", "-o", default=output)
-        r.add_argument("--smoke", action="store_true", help="tiny run on SmolLM2-135M")
+        r.add_argument("--smoke", action="store_true", help="tiny sizes on SmolLM2-135M (or on "
+                                                            "--model)")
 
     r = rsub.add_parser("gsm8k", help="GSM8K chain of thought: EL vs a GRPO baseline")
     common(r, "reports/gsm8k")
