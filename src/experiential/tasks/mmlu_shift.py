@@ -200,16 +200,22 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
               "questions": [q.id for q in chosen]}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(markdown(report))
+    plot(report, out / "report.png")
+    return report
+
+
+def plot(report: dict[str, Any], path: str | Path) -> None:
+    """Ours before/after beside the published before/after, per kind of experience."""
     from .stages import bar_plot
 
+    results = report["results"]
     kinds = list(results)
-    bar_plot(out / "report.png", f"MMLU P(target) ({model_name}, {len(chosen)} questions)", kinds,
+    bar_plot(path, f"MMLU P(target) ({report['model']}, {report['n_questions']} questions)", kinds,
              {"ours before": [results[k]["mean_p_target_before"] for k in kinds],
               "ours after": [results[k]["mean_p_target_after"] for k in kinds],
               f"published before ({PUBLISHED['model']})":
                   [PUBLISHED["control_before" if k == "control" else "before"] for k in kinds],
               "published after": [PUBLISHED[k] for k in kinds]}, "mean P(target)")
-    return report
 
 
 def questions_it_gets_wrong(model: Any, tok: Any, questions: Sequence[MCQuestion], n: int,
