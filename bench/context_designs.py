@@ -34,6 +34,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50, help="questions the model gets wrong")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir")
+    ap.add_argument("--reflect", action="store_true",
+                    help="also score hint+reflect: the model first reflects on the feedback")
+    ap.add_argument("--reflect-tokens", type=int, default=128)
+    ap.add_argument("--explanations", help="JSON {question id: critic explanation}: adds the "
+                    "'critic' kind for those questions (e.g. reports/mmlu/stages/explanations.json)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "context_designs"))
     args = ap.parse_args()
 
@@ -45,52 +50,77 @@ def main() -> None:
     from experiential.scoring import option_probs
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc
-    from experiential.tasks.mmlu_shift import control_letter, questions_it_gets_wrong
+    from experiential.reflection import reflect
+    from experiential.tasks.mmlu_shift import (control_letter, questions_it_gets_wrong,
+                                               redact_letters)
 
     t0 = time.time()
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
     chosen, student = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
-    rows = []
+    explanations = (json.loads(Path(args.explanations).read_text(encoding="utf-8"))
+                    if args.explanations else {})
+    items = []  # (question, student probs, kind, target, experience)
     for q, p_s in zip(chosen, student):
         attempt_letter = int(p_s.argmax())
         wrong = control_letter(q.id, q.answer, attempt_letter)
-        for kind, make in FEEDBACK_KINDS.items():
+        kinds = dict(FEEDBACK_KINDS)
+        if q.id in explanations:  # a real critic's explanation, letters redacted
+            kinds["critic"] = lambda q, wrong: redact_letters(explanations[q.id], q)
+        for kind, make in kinds.items():
             target = q.answer if kind != "control" else wrong
             exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt_letter]}.",
                              make(q, wrong))
-            designs = all_designs()
-            p_t = option_probs(model, tok, [teacher_messages(exp, d) for d in designs])
-            for d, pt in zip(designs, p_t):
-                rows.append({"id": q.id, "subject": q.subject, "kind": kind, "design": d,
-                             "target": target, "p_student": float(p_s[target]),
-                             "p_teacher": float(pt[target]),
-                             "teacher_argmax_is_target": int(pt.argmax()) == target})
+            items.append((q, p_s, kind, target, exp))
+    designs = all_designs()
+    reflected = {}
+    if args.reflect:
+        done = reflect(model, tok, [it[4] for it in items], max_new_tokens=args.reflect_tokens)
+        reflected = {id(it[4]): r for it, r in zip(items, done)}
+    rows = []
+    for q, p_s, kind, target, exp in items:
+        views = [teacher_messages(exp, d) for d in designs]
+        names = list(designs)
+        if args.reflect:
+            views.append(teacher_messages(reflected[id(exp)], "hint"))
+            names.append("hint+reflect")
+        p_t = option_probs(model, tok, views)
+        for d, pt in zip(names, p_t):
+            rows.append({"id": q.id, "subject": q.subject, "kind": kind, "design": d,
+                         "target": target, "p_student": float(p_s[target]),
+                         "p_teacher": float(pt[target]),
+                         "teacher_argmax_is_target": int(pt.argmax()) == target,
+                         **({"reflection": reflected[id(exp)].metadata.get("reflection")}
+                            if d == "hint+reflect" else {})})
     table: dict[str, dict[str, dict[str, float]]] = {}
-    for kind in FEEDBACK_KINDS:
-        for d in all_designs():
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        for d in dict.fromkeys(r["design"] for r in rows):
             sel = [r for r in rows if r["kind"] == kind and r["design"] == d]
             table.setdefault(kind, {})[d] = {
                 "p_student": sum(r["p_student"] for r in sel) / len(sel),
                 "p_teacher": sum(r["p_teacher"] for r in sel) / len(sel),
                 "gap": sum(r["p_teacher"] - r["p_student"] for r in sel) / len(sel),
-                "teacher_picks_target": sum(r["teacher_argmax_is_target"] for r in sel) / len(sel)}
+                "teacher_picks_target": sum(r["teacher_argmax_is_target"] for r in sel) / len(sel),
+                "n": len(sel)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"model": args.model, "n_questions": len(chosen), "seed": args.seed,
               "seconds": time.time() - t0, "command": "python bench/context_designs.py "
-              f"--model {args.model} --n {args.n} --seed {args.seed}", "table": table,
+              f"--model {args.model} --n {args.n} --seed {args.seed}"
+              + (f" --reflect --reflect-tokens {args.reflect_tokens}" if args.reflect else "")
+              + (f" --explanations {args.explanations}" if args.explanations else ""),
+              "table": table,
               "rows": rows}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"# In-context gap by design and feedback kind\n",
              f"Model `{args.model}`, {len(chosen)} MMLU test questions it gets wrong (seed "
              f"{args.seed}), options scored after \"The answer is\". Command: "
              f"`{result['command']}`.\n",
-             "| feedback | design | P_student(target) | P_teacher(target) | gap | teacher picks target |",
-             "|---|---|---|---|---|---|"]
+             "| feedback | design | n | P_student(target) | P_teacher(target) | gap | teacher picks target |",
+             "|---|---|---|---|---|---|---|"]
     for kind, per in table.items():
         for d, v in sorted(per.items(), key=lambda kv: -kv[1]["gap"]):
-            lines.append(f"| {kind} | {d} | {v['p_student']:.3f} | {v['p_teacher']:.3f} | "
+            lines.append(f"| {kind} | {d} | {v['n']} | {v['p_student']:.3f} | {v['p_teacher']:.3f} | "
                          f"{v['gap']:+.3f} | {v['teacher_picks_target']:.0%} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -207,3 +207,21 @@ def test_teacher_cache_gives_identical_losses(tiny_tokenizer):
         losses[mb] = t.learn([EXP]).losses
         assert (t.teacher._used > 0) == (mb > 0)
     assert losses[0] == pytest.approx(losses[64], rel=1e-5)
+
+
+def test_reflection_is_the_frozen_models_and_only_the_teacher_sees_it(tiny_model, tiny_tokenizer):
+    from experiential.reflection import REFLECTION_LABEL, reflect
+
+    tok = tiny_tokenizer
+    (reflected,) = reflect(tiny_model, tok, [EXP], max_new_tokens=6)
+    text = reflected.metadata["reflection"]
+    assert text and reflected.feedback.startswith(EXP.feedback)
+    assert reflected.feedback.index(REFLECTION_LABEL) > len(EXP.feedback) - 1
+    c = cfg(reflect=True, reflect_max_new_tokens=6, max_steps=2)
+    trainer = ExperientialTrainer(tiny_model, tok, c)
+    (pair,) = trainer.objective.prepare(tiny_model, tok, [reflected], c)
+    assert text.strip() in tok.decode(pair.teacher.context)
+    assert REFLECTION_LABEL not in tok.decode(pair.student.context)
+    result = trainer.learn([EXP])
+    # learn() reflected with the frozen original model: the same greedy text as before training
+    assert list(result.extra["reflections"].values()) == [text]

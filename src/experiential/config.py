@@ -27,6 +27,11 @@ class ELConfig:
     """Experience-context design for the teacher (see :mod:`experiential.context`)."""
     context_template: Optional[str] = None
     """Overrides ``context_design``: a format string over {prompt}, {attempt}, {feedback}."""
+    reflect: bool = False
+    """Before distilling, the frozen model writes a short reflection on what the feedback implies,
+    and the teacher sees it after the feedback (:mod:`experiential.reflection`). Off by default:
+    see ``bench/results/context_designs.md`` for the gap it gives per feedback kind."""
+    reflect_max_new_tokens: int = 128
     response: Literal["attempt", "samples"] = "attempt"
     """Response tokens both models score: the attempt itself, or fresh samples from the student
     (on-policy: for ``self_distill`` the student resamples after every pass over the data)."""
@@ -110,7 +115,8 @@ class ELConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set epochs or max_steps")
-        for name in ("max_steps", "batch_size", "micro_batch_size", "max_length", "num_samples"):
+        for name in ("max_steps", "batch_size", "micro_batch_size", "max_length", "num_samples",
+                     "reflect_max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.jsd_beta < 1.0:

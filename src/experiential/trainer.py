@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .augment import augment
+from .reflection import reflect
 from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
 from .config import ELConfig
 from .experience import Experience
@@ -165,6 +166,9 @@ class ExperientialTrainer:
         start = time.perf_counter()
         experiences = augment(list(experiences), cfg.augment, cfg.augment_copies)
         with self.teacher.active() as base:
+            if cfg.reflect:  # after augmentation: each variant reflects on its own option order
+                experiences = reflect(base, tok, experiences,
+                                      max_new_tokens=cfg.reflect_max_new_tokens)
             pairs = self.objective.prepare(base, tok, experiences, cfg)
         if not pairs:
             raise ValueError("the experiences produced no response tokens to learn from")
@@ -238,7 +242,9 @@ class ExperientialTrainer:
             steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
-            seconds=time.perf_counter() - start, config=cfg.to_dict())
+            seconds=time.perf_counter() - start, config=cfg.to_dict(),
+            extra={"reflections": {e.id: e.metadata["reflection"] for e in experiences
+                                   if "reflection" in e.metadata}} if cfg.reflect else {})
         return self.result
 
     # -- saving --------------------------------------------------------------------------------
