@@ -46,7 +46,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "specificity"))
+    ap.add_argument("--summarize-only", action="store_true",
+                    help="write the report from the records so far (e.g. after stopping a run)")
     args = ap.parse_args()
+    if args.summarize_only:
+        summarize(Path(args.out), args)
+        return
 
     import torch
 
@@ -106,10 +111,10 @@ def main() -> None:
                       f"{rec['p_after']:.2f} (teacher {rec['p_teacher']:.2f}), retention "
                       f"{res.retention.accuracy_change * 100:+.1f} pts KL "
                       f"{res.retention.mean_kl:.3f}, {rec['seconds']:.0f}s", flush=True)
-    summarize(out, args, len(chosen))
+    summarize(out, args)
 
 
-def summarize(out: Path, args: argparse.Namespace, n_questions: int) -> None:
+def summarize(out: Path, args: argparse.Namespace) -> None:
     recs = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     table = {}
     for r in recs:

@@ -225,3 +225,13 @@ def test_reflection_is_the_frozen_models_and_only_the_teacher_sees_it(tiny_model
     result = trainer.learn([EXP])
     # learn() reflected with the frozen original model: the same greedy text as before training
     assert list(result.extra["reflections"].values()) == [text]
+
+
+def test_option_scores_do_not_depend_on_batching(tiny_model, tiny_tokenizer):
+    from experiential.scoring import option_logprobs
+
+    prompts = [[{"role": "user", "content": "Q" + " word" * n + "?"}] for n in (9, 1, 5, 14, 3)]
+    together = option_logprobs(tiny_model, tiny_tokenizer, prompts, batch_size=3)
+    alone = torch.cat([option_logprobs(tiny_model, tiny_tokenizer, [p], batch_size=1)
+                       for p in prompts])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)

@@ -35,11 +35,15 @@ def option_logprobs(model: Any, tok: Any, prompts: Sequence[list[Message]],
         # One forward per prompt: the row after the prefix holds every single-token option.
         first = torch.tensor([o[0] for o in opt_ids])
         seqs = [Sequence_(context_ids(tok, msgs) + pre, [opt_ids[0][0]]) for msgs in prompts]
-        rows = []
-        for i in range(0, len(seqs), batch_size):
-            batch = collate(seqs[i:i + batch_size], tok.pad_token_id).to(device)
-            rows.append(torch.log_softmax(response_logits(model, batch), -1).cpu()[:, first])
-        return torch.cat(rows)
+        # Batch prompts of similar length together (MMLU prompts range from 50 to 700 tokens, and
+        # a batch costs as much as its longest row); results go back in input order.
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].context))
+        out = torch.empty(len(seqs), len(first))
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            batch = collate([seqs[j] for j in idx], tok.pad_token_id).to(device)
+            out[idx] = torch.log_softmax(response_logits(model, batch), -1).cpu()[:, first]
+        return out
     seqs = []
     for msgs in prompts:
         ctx = context_ids(tok, msgs)
