@@ -123,6 +123,16 @@ def test_early_stop_when_gap_closed(tiny_model, tiny_tokenizer):
     assert result.divergences[-1] < 0.05
 
 
+def test_early_stop_is_relative_to_the_starting_divergence(tiny_model, tiny_tokenizer):
+    # An absolute threshold the first step already meets (as a long code response's mean
+    # per-token divergence does) must not end the update before the gap has shrunk.
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer,
+                                  cfg(max_steps=200, stop_kl=1e6, stop_kl_fraction=0.1))
+    result = trainer.learn([EXP])
+    assert result.steps > 1 and result.stopped_early
+    assert result.divergences[-1] < 0.1 * result.divergences[0] <= min(result.divergences[:-1])
+
+
 def test_save_and_load_standard_peft_adapter(tiny_model, tiny_tokenizer, tmp_path):
     from peft import PeftModel
 

@@ -62,7 +62,13 @@ class ELConfig:
     """Augmented variants per experience (for 4 options, 3 puts the content under every letter)."""
     stop_kl: Optional[float] = 0.02
     """Stop early once the mean per-token divergence on the experiences falls below this (the
-    student has closed the in-context gap). None: run all steps."""
+    student has closed the in-context gap) *and* below ``stop_kl_fraction`` of the first step's
+    divergence. None: run all steps."""
+    stop_kl_fraction: float = 0.1
+    """The relative half of the stop rule. On a long response (a 300-token function) the feedback
+    changes a few tokens, so the mean per-token divergence starts near 0.006 and an absolute
+    threshold alone stopped HumanEval updates after one step; a one-letter answer starts near
+    0.3, where the absolute threshold decides as before."""
 
     # -- optimisation -----------------------------------------------------------------------
     learning_rate: float = 3e-4

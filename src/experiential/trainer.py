@@ -229,7 +229,8 @@ class ExperientialTrainer:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", div=f"{step_div:.4f}")
-            if cfg.stop_kl is not None and step_div == step_div and step_div < cfg.stop_kl:
+            if (cfg.stop_kl is not None and step_div == step_div and step_div < cfg.stop_kl
+                    and step_div < cfg.stop_kl_fraction * divergences[0]):
                 stopped_early = step < n_steps
                 break
         if bar is not None:
