@@ -41,6 +41,10 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--retention-n", type=int, default=200)
+    ap.add_argument("--retention-max-tokens", type=int, default=192,
+                    help="probe questions longer than this (prompt tokens) are not sampled: the "
+                         "long reading passages would double the cost of scoring after every "
+                         "update (0: no limit)")
     ap.add_argument("--settings", default="default")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seed", type=int, default=0)
@@ -73,7 +77,14 @@ def main() -> None:
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
     chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
     used = {q.subject for q in chosen}
-    probes = sample_questions(pool, args.retention_n, args.seed + 1, exclude_subjects=used)
+    if args.retention_max_tokens:
+        from experiential.tokens import context_ids
+
+        short = [q for q in pool if len(context_ids(
+            tok, [{"role": "user", "content": format_mc(q)}])) <= args.retention_max_tokens]
+    else:
+        short = pool
+    probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
     baseline = probe_logprobs(model, tok, probes)
     anchors = None
     for setting in args.settings.split(","):
@@ -101,6 +112,10 @@ def main() -> None:
                 gap = float(p_teacher[target] - p_s[target])
                 gain = float(p_after[target] - p_s[target])
                 rec = {"setting": setting, "kind": kind, "id": q.id, "target": target,
+                       "attempt": attempt, "feedback": fb,
+                       "probs_before": [round(float(x), 4) for x in p_s],
+                       "probs_teacher": [round(float(x), 4) for x in p_teacher],
+                       "probs_after": [round(float(x), 4) for x in p_after],
                        "p_before": float(p_s[target]), "p_teacher": float(p_teacher[target]),
                        "p_after": float(p_after[target]), "gap": gap, "gain": gain,
                        "transfer": gain / gap if abs(gap) > 1e-6 else None,
@@ -114,60 +129,100 @@ def main() -> None:
     summarize(out, args)
 
 
+def _sem(xs: list[float]) -> float:
+    return statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+
+
 def summarize(out: Path, args: argparse.Namespace) -> None:
     recs = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
-    table = {}
+    table: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
         table.setdefault((r["setting"], r["kind"]), []).append(r)
     rows = []
     for (setting, kind), rs in sorted(table.items()):
-        mean = lambda k: statistics.mean(x[k] for x in rs)  # noqa: E731
-        gaps = sum(x["gap"] for x in rs)
+        col = lambda k: [x[k] for x in rs]  # noqa: E731
+        acc = [100 * x["retention"]["accuracy_change"] for x in rs]
+        kl = [x["retention"]["mean_kl"] for x in rs]
+        gaps = sum(col("gap"))
         rows.append({
-            "setting": setting, "kind": kind, "n": len(rs), "p_before": mean("p_before"),
-            "p_teacher": mean("p_teacher"), "p_after": mean("p_after"),
+            "setting": setting, "kind": kind, "n": len(rs),
+            "p_before": statistics.mean(col("p_before")), "p_teacher": statistics.mean(
+                col("p_teacher")), "p_after": statistics.mean(col("p_after")),
+            "p_after_sem": _sem(col("p_after")),
             # pooled transfer: total gain over total gap (per-question ratios explode on tiny gaps)
-            "transfer": sum(x["gain"] for x in rs) / gaps if abs(gaps) > 1e-6 else None,
-            "retention_acc_change_pts": 100 * statistics.mean(
-                x["retention"]["accuracy_change"] for x in rs),
-            "retention_worst_acc_change_pts": 100 * min(
-                x["retention"]["accuracy_change"] for x in rs),
-            "retention_kl": statistics.mean(x["retention"]["mean_kl"] for x in rs),
-            "retention_n": rs[0]["retention"]["n"], "seconds": mean("seconds")})
+            "transfer": sum(col("gain")) / gaps if abs(gaps) > 1e-6 else None,
+            "target_argmax_after": statistics.mean(
+                float(max(range(4), key=x["probs_after"].__getitem__) == x["target"])
+                for x in rs) if all("probs_after" in x for x in rs) else None,
+            "retention_acc_change_pts": statistics.mean(acc), "retention_acc_sem": _sem(acc),
+            "retention_worst_acc_change_pts": min(acc),
+            "retention_updates_losing_over_1pt": sum(a < -1.0 for a in acc) / len(acc),
+            "retention_kl": statistics.mean(kl), "retention_kl_max": max(kl),
+            "retention_n": rs[0]["retention"]["n"], "seconds": statistics.mean(col("seconds"))})
     command = (f"python bench/specificity.py --model {args.model} --n {args.n} --retention-n "
-               f"{args.retention_n} --settings {args.settings} --kinds {args.kinds} "
-               f"--seed {args.seed}")
+               f"{args.retention_n} --retention-max-tokens {args.retention_max_tokens} "
+               f"--settings {args.settings} --kinds {args.kinds} --seed {args.seed}")
     (out.parent / (out.name + ".json")).write_text(json.dumps(
         {"model": args.model, "command": command, "rows": rows, "records": recs}, indent=1))
     lines = ["# Single-experience EL: transfer and retention per specificity setting\n",
              f"Model `{args.model}`, MMLU test questions it gets wrong (seed {args.seed}); one EL "
-             f"update per question and feedback kind from the base model. Retention on "
-             f"{rows[0]['retention_n'] if rows else '?'} MMLU questions from other subjects. "
-             f"Transfer = total gain / total in-context gap. Command: `{command}`.\n",
-             "| setting | feedback | n | P(target) before -> after | teacher | transfer | "
-             "retention: accuracy change (mean / worst), mean KL | s/update |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"update per question and feedback kind, each from the base model. Retention on "
+             f"{rows[0]['retention_n'] if rows else '?'} MMLU questions from other subjects, "
+             f"scored before and after every update. Transfer = total gain / total in-context "
+             f"gap. ± is the standard error over updates. Command: `{command}`.\n",
+             "| setting | feedback | updates | P(target) before -> after | teacher | transfer | "
+             "target is argmax after | retention accuracy change: mean ± se, worst, share "
+             "of updates losing > 1 pt | retention KL: mean, max | s/update |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['transfer']:.2f}" if r["transfer"] is not None else "-"
+        am = f"{r['target_argmax_after']:.0%}" if r["target_argmax_after"] is not None else "-"
         lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {r['p_before']:.3f} -> "
-                     f"{r['p_after']:.3f} | {r['p_teacher']:.3f} | {tr} | "
-                     f"{r['retention_acc_change_pts']:+.2f} / "
-                     f"{r['retention_worst_acc_change_pts']:+.1f} pts, "
-                     f"{r['retention_kl']:.4f} | {r['seconds']:.0f} |")
+                     f"{r['p_after']:.3f} ± {r['p_after_sem']:.3f} | {r['p_teacher']:.3f} | {tr} "
+                     f"| {am} | {r['retention_acc_change_pts']:+.2f} ± "
+                     f"{r['retention_acc_sem']:.2f} pts, {r['retention_worst_acc_change_pts']:+.1f}"
+                     f", {r['retention_updates_losing_over_1pt']:.0%} | {r['retention_kl']:.4f}, "
+                     f"{r['retention_kl_max']:.3f} | {r['seconds']:.0f} |")
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    plot(out.parent / (out.name + ".png"), rows)
+    plot(out.parent / (out.name + ".png"), rows, recs)
 
 
-def plot(path: Path, rows: list[dict]) -> None:
-    from experiential.tasks.stages import bar_plot
+def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
+    """Left: mean P(target) before, with the feedback in context (teacher), and after the update.
+    Right: every update's gain against its retention KL on the unrelated questions."""
+    import matplotlib
 
-    labels = [f"{r['setting']}\n{r['kind']}" for r in rows]
-    bar_plot(path, "Single-experience EL: P(target) and retention", labels,
-             {"P(target) before": [r["p_before"] for r in rows],
-              "teacher (in context)": [r["p_teacher"] for r in rows],
-              "P(target) after": [r["p_after"] for r in rows],
-              "retention KL": [r["retention_kl"] for r in rows]}, "probability / nats")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['setting']}\n{r['kind']} (n={r['n']})" for r in rows]
+    width = 0.27
+    for k, (name, key) in enumerate((("before", "p_before"), ("teacher (in context)", "p_teacher"),
+                                     ("after the update", "p_after"))):
+        ax.bar([i + (k - 1) * width for i in range(len(rows))], [r[key] for r in rows], width,
+               label=name, yerr=[r["p_after_sem"] for r in rows] if key == "p_after" else None,
+               capsize=3)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("mean P(target)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    ax.set_title("What the feedback says: P(target)", fontsize=10)
+    for (setting, kind), marker in zip(sorted({(r["setting"], r["kind"]) for r in recs}),
+                                       "osD^v<>ph"):
+        xs = [r["gain"] for r in recs if (r["setting"], r["kind"]) == (setting, kind)]
+        ys = [r["retention"]["mean_kl"] for r in recs if (r["setting"], r["kind"]) == (setting, kind)]
+        bx.scatter(xs, ys, s=14, marker=marker, alpha=0.7, label=f"{setting} / {kind}")
+    bx.axvline(0, color="grey", lw=0.5)
+    bx.set_xlabel("gain in P(target) on the question")
+    bx.set_ylabel("retention KL on unrelated questions (nats)")
+    bx.legend(fontsize=8)
+    bx.set_title("Every update: what moved vs what else moved", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

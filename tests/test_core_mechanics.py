@@ -245,3 +245,33 @@ def test_option_scores_do_not_depend_on_batching(tiny_model, tiny_tokenizer):
     alone = torch.cat([option_logprobs(tiny_model, tiny_tokenizer, [p], batch_size=1)
                        for p in prompts])
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_chat_retention_measures_drift_on_open_prompts(tiny_tokenizer):
+    """The chat part of retention is zero for an unchanged model and grows with the update; an
+    anchor on the same prompts keeps it smaller than no anchor does."""
+    from conftest import build_tiny_model
+
+    from experiential.probes import PROBE_MC
+    from experiential.retention import chat_drift, chat_probe_pairs
+
+    prompts = ["Say hello to the world.", "List the numbers 0123."]
+    drift = {}
+    for weight in (0.0, 5.0):
+        model = build_tiny_model(len(tiny_tokenizer), seed=2)
+        trainer = ExperientialTrainer(model, tiny_tokenizer, cfg(max_steps=15))
+        with trainer.teacher.active() as base:
+            probes = chat_probe_pairs(base, tiny_tokenizer, prompts, max_new_tokens=8)
+        assert len(probes) == 2 and all(p.kind == "probe" for p in probes)
+        untouched = chat_drift(trainer.model, tiny_tokenizer, probes, trainer.teacher)
+        assert max(untouched) < 1e-6  # a fresh LoRA adapter is the identity
+        trainer = ExperientialTrainer(
+            build_tiny_model(len(tiny_tokenizer), seed=2), tiny_tokenizer,
+            cfg(max_steps=15, retention=True, anchor_weight=weight, anchor_per_step=2),
+            probes=PROBE_MC[:2], chat_probes=probes, anchor_pairs=probes)
+        result = trainer.learn([EXP])
+        drift[weight] = sum(chat_drift(trainer.model, tiny_tokenizer, probes, trainer.teacher))
+        assert result.retention.chat_n == 2  # learn reports it beside the multiple-choice probes
+        assert result.retention.chat_mean_kl == pytest.approx(drift[weight] / 2)
+    assert drift[0.0] > 1e-3, drift
+    assert drift[5.0] < 0.5 * drift[0.0], drift

@@ -81,6 +81,21 @@ def rotate_options(exp: Experience, shift: int) -> Experience | None:
                    id=f"{exp.id}~rot{shift}")
 
 
+AUGMENTATIONS = ("rotate_options", "paraphrase")
+
+
+def parse_augment(spec: str) -> set[str]:
+    """``"none"``, one augmentation, or several joined by ``+`` (``"rotate_options+paraphrase"``)."""
+    if spec in ("none", ""):
+        return set()
+    kinds = set(spec.split("+"))
+    unknown = kinds - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown augmentation {sorted(unknown)}; choose 'none' or any of "
+                         f"{list(AUGMENTATIONS)} joined by '+'")
+    return kinds
+
+
 def augment(experiences: list[Experience], kind: str, copies: int) -> list[Experience]:
     """The experiences plus their augmented variants (``kind='rotate_options'``)."""
     if kind == "none" or copies <= 0:

@@ -3,8 +3,10 @@
 Ten LoRA steps distilling one "the answer is A" experience once taught a model to answer A to an
 unrelated question (Paris: P(A) .31 -> .93). So every update scores a probe set of unrelated
 multiple-choice questions before and after, and reports the accuracy change and the mean KL between
-the original and the updated answer distributions. The probe set is disjoint from the replay
-anchors used in training, so retention is measured on prompts the update never saw.
+the original and the updated answer distributions. A few open chat prompts are scored too: the
+mean per-token KL(original || updated) on the original model's own greedy answers, so drift in
+free-form behaviour shows even where no multiple-choice letter moves. Both probe sets are disjoint
+from the replay anchors used in training, so retention is measured on prompts the update never saw.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ class Retention:
     letter_mass_before: list[float]
     """Mean probability per letter before: a shift here is the "answer A" failure."""
     letter_mass_after: list[float]
+    chat_n: int = 0
+    """Open chat prompts scored (0: none)."""
+    chat_mean_kl: float | None = None
+    """Mean over chat prompts of the per-token KL(original || updated), in nats, on the original
+    model's own greedy answer to each prompt."""
+    chat_max_kl: float | None = None
 
     @property
     def accuracy_change(self) -> float:
@@ -47,7 +55,9 @@ class Retention:
                 f"{self.accuracy_before:.1%} -> {self.accuracy_after:.1%} "
                 f"({self.accuracy_change * 100:+.1f} points), mean KL {self.mean_kl:.4f} nats "
                 f"(max {self.max_kl:.3f}); letter mass {fmt(self.letter_mass_before)} -> "
-                f"{fmt(self.letter_mass_after)}")
+                f"{fmt(self.letter_mass_after)}"
+                + (f"; on {self.chat_n} chat prompts: mean per-token KL {self.chat_mean_kl:.4f} "
+                   f"(max {self.chat_max_kl:.3f})" if self.chat_n else ""))
 
 
 def probe_logprobs(model: Any, tok: Any, questions: Sequence["MCQuestion"],
@@ -74,6 +84,60 @@ def compare(before: torch.Tensor, after: torch.Tensor,
         mean_kl=float(kl.mean()), max_kl=float(kl.max()),
         letter_mass_before=[round(float(x), 4) for x in before.exp().mean(0)],
         letter_mass_after=[round(float(x), 4) for x in after.exp().mean(0)])
+
+
+def chat_probe_pairs(model: Any, tok: Any, prompts: Sequence[str | list],
+                     max_new_tokens: int = 32) -> list[Any]:
+    """The original model's greedy answers to open prompts, as pairs scored in the same context
+    (call with the original model: its answers are what the updated model should keep)."""
+    from .anchors import build_anchor_pairs
+
+    msgs = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    pairs = build_anchor_pairs(model, tok, [], msgs, max_new_tokens=max_new_tokens)
+    for p in pairs:
+        p.kind = "probe"
+    return pairs
+
+
+@torch.no_grad()
+def chat_drift(model: Any, tok: Any, pairs: Sequence[Any], original: Any) -> list[float]:
+    """Per pair, the mean per-token KL(original || updated) over the response tokens.
+    ``original`` is a :class:`~experiential.objectives.base.TeacherModel` (the frozen model)."""
+    from .objectives.base import student_batch
+    from .tokens import response_logits
+
+    if not pairs:
+        return []
+    device = next(model.parameters()).device
+    batch = student_batch(pairs, tok.pad_token_id, device)
+    was_training = model.training
+    model.eval()
+    try:
+        updated = response_logits(model, batch).log_softmax(-1)
+    finally:
+        model.train(was_training)
+    before = original.logits(batch).log_softmax(-1)  # not cached: used once
+    kl = (before.exp() * (before - updated)).sum(-1)
+    return [float(k.mean()) for k in kl.split([len(p.student.response) for p in pairs])]
+
+
+def with_chat(ret: Retention, drifts: Sequence[float]) -> Retention:
+    if drifts:
+        ret.chat_n = len(drifts)
+        ret.chat_mean_kl = sum(drifts) / len(drifts)
+        ret.chat_max_kl = max(drifts)
+    return ret
+
+
+def load_chat_probes(path: str | Path | None = None) -> list[str | list]:
+    """The built-in open chat probes, or a JSONL of ``{"prompt": ...}`` (text or messages)."""
+    if path is None:
+        from .probes import PROBE_CHAT
+
+        return list(PROBE_CHAT)
+    from .anchors import load_anchor_prompts
+
+    return list(load_anchor_prompts(path))
 
 
 def load_probes(path: str | Path | None = None) -> list["MCQuestion"]:

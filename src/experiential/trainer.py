@@ -24,7 +24,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .augment import augment
+from .augment import augment, parse_augment
+from .paraphrase import paraphrase
 from .reflection import reflect
 from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
 from .config import ELConfig
@@ -33,7 +34,8 @@ from .gap import Gap, measure_gaps, summarize
 from .objectives import get_objective
 from .objectives.base import Pair, TeacherModel
 from .objectives.self_distill import distill_loss
-from .retention import Retention, compare, load_probes, probe_logprobs
+from .retention import (Retention, chat_drift, chat_probe_pairs, compare, load_chat_probes,
+                        load_probes, probe_logprobs, with_chat)
 
 
 @dataclass
@@ -102,7 +104,8 @@ class ExperientialTrainer:
 
     def __init__(self, model: Any, tokenizer: Any, config: ELConfig | None = None, *,
                  anchor_pairs: Sequence[Pair] | None = None, probes: Sequence[Any] | None = None,
-                 probe_baseline: torch.Tensor | None = None):
+                 probe_baseline: torch.Tensor | None = None,
+                 chat_probes: Sequence[Pair] | None = None):
         self.cfg = config or ELConfig()
         self.tok = tokenizer
         self.objective = get_objective(self.cfg.objective)
@@ -114,6 +117,7 @@ class ExperientialTrainer:
         # The original model's probe log-probs never change: callers running many updates from
         # the same base (benchmarks, cross-validation) pass them once instead of rescoring.
         self._probe_baseline = probe_baseline
+        self._chat_probes = list(chat_probes) if chat_probes is not None else None
         self.result: LearnResult | None = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -156,6 +160,17 @@ class ExperientialTrainer:
             self._probes = load_probes(self.cfg.retention_probes) if self.cfg.retention else []
         return self._probes
 
+    def chat_probes(self) -> list[Pair]:
+        """The original model's answers to the open chat probes (built once, reused)."""
+        if self._chat_probes is None:
+            if not (self.cfg.retention and self.cfg.retention_chat):
+                self._chat_probes = []
+            else:
+                with self.teacher.active() as base:
+                    self._chat_probes = chat_probe_pairs(
+                        base, self.tok, load_chat_probes(self.cfg.retention_chat_prompts))
+        return self._chat_probes
+
     # -- the update ----------------------------------------------------------------------------
     def learn(self, experiences: Sequence[Experience]) -> LearnResult:
         cfg, model, tok = self.cfg, self.model, self.tok
@@ -164,7 +179,14 @@ class ExperientialTrainer:
         n_given = len(experiences)
         self._seed()
         start = time.perf_counter()
-        experiences = augment(list(experiences), cfg.augment, cfg.augment_copies)
+        kinds = parse_augment(cfg.augment)
+        experiences = list(experiences)
+        with self.teacher.active() as base:
+            if "paraphrase" in kinds:  # first, so each rewording is rotated too
+                experiences = paraphrase(base, tok, experiences, cfg.paraphrase_copies,
+                                         seed=cfg.seed)
+        experiences = augment(experiences, "rotate_options" if "rotate_options" in kinds
+                              else "none", cfg.augment_copies)
         with self.teacher.active() as base:
             if cfg.reflect:  # after augmentation: each variant reflects on its own option order
                 experiences = reflect(base, tok, experiences,
@@ -182,6 +204,7 @@ class ExperientialTrainer:
             with self.teacher.active() as base:
                 before = probe_logprobs(base, tok, probes)
             self._probe_baseline = before
+        chat = self.chat_probes()
 
         n_steps = cfg.max_steps if cfg.max_steps is not None else \
             max(1, math.ceil(cfg.epochs * len(pairs) / min(cfg.batch_size, len(pairs))))
@@ -239,13 +262,14 @@ class ExperientialTrainer:
         gaps_after = measure_gaps(model, tok, pairs, cfg, self.teacher)
         retention = compare(before, probe_logprobs(model, tok, probes), probes) \
             if before is not None else None
+        if retention is not None:
+            retention = with_chat(retention, chat_drift(model, tok, chat, self.teacher))
         self.result = LearnResult(
             steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
             seconds=time.perf_counter() - start, config=cfg.to_dict(),
-            extra={"reflections": {e.id: e.metadata["reflection"] for e in experiences
-                                   if "reflection" in e.metadata}} if cfg.reflect else {})
+            extra=_extra(experiences, cfg))
         return self.result
 
     # -- saving --------------------------------------------------------------------------------
@@ -261,6 +285,20 @@ class ExperientialTrainer:
             self.result.adapter_path = str(path)
             (path / "learn_report.json").write_text(json.dumps(self.result.to_dict(), indent=2))
         return path
+
+
+def _extra(experiences: Sequence[Experience], cfg: ELConfig) -> dict[str, Any]:
+    """What the model itself wrote for the update (reflections, paraphrases), for the report."""
+    extra: dict[str, Any] = {}
+    if cfg.reflect:
+        extra["reflections"] = {e.id: e.metadata["reflection"] for e in experiences
+                                if "reflection" in e.metadata}
+    if "paraphrase" in parse_augment(cfg.augment):
+        extra["paraphrases"] = {e.id: e.prompt_text for e in experiences
+                                if "paraphrase" in e.metadata and "rotation" not in e.metadata}
+        extra["paraphrases_kept"] = sum(e.metadata.get("paraphrases_kept", 0)
+                                        for e in experiences if "augmented_from" not in e.metadata)
+    return extra
 
 
 def _cycle(items: Sequence[Pair], seed: int) -> Iterator[Pair]:
