@@ -78,39 +78,43 @@ def _config_from_args(args: argparse.Namespace) -> ELConfig:
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
+    """Also runs data-parallel under ``torchrun``/``accelerate launch``: every process learns, and
+    rank 0 alone prints, saves and records the adapter in the store."""
+    from .distributed import is_main_process
     from .store import ExperienceStore
     from .trainer import ExperientialTrainer
 
+    main = is_main_process()
+    say = print if main else (lambda *a, **k: None)
     cfg = _config_from_args(args)
     if args.experiences:
         exps, errors = load_jsonl(args.experiences, errors="collect")
         for e in errors:
-            print(f"skipped: {e}", file=sys.stderr)
+            say(f"skipped: {e}", file=sys.stderr)
         if errors and not args.skip_invalid:
-            print(f"{len(errors)} invalid line(s); fix them or pass --skip-invalid",
-                  file=sys.stderr)
+            say(f"{len(errors)} invalid line(s); fix them or pass --skip-invalid", file=sys.stderr)
             return 2
     else:
         store = ExperienceStore(args.store)
         exps = store.list(only_unconsumed=args.only_new)
     if not exps:
-        print("no experiences to learn from", file=sys.stderr)
+        say("no experiences to learn from", file=sys.stderr)
         return 2
     model, tok = _load(args)
     trainer = ExperientialTrainer(model, tok, cfg)
-    print(f"learning from {len(exps)} experience(s) with {cfg.objective} "
-          f"(context design: {cfg.context_template and 'custom' or cfg.context_design})")
+    say(f"learning from {len(exps)} experience(s) with {cfg.objective} "
+        f"(context design: {cfg.context_template and 'custom' or cfg.context_design})")
     result = trainer.learn(exps)
-    print("in-context gap per experience (before training):")
+    say("in-context gap per experience (before training):")
     for g in result.gaps_before:
-        print("  " + g.describe())
+        say("  " + g.describe())
     out = trainer.save(args.output)
-    if not args.experiences:
+    if not args.experiences and main:
         version = args.version or Path(args.output).name
         store.mark_consumed([e.id for e in exps], version)
         store.add_adapter(version, str(out), metrics={"gap_before": result.to_dict()["gap_before"],
                                                       "retention": result.to_dict()["retention"]})
-    print(result.summary())
+    say(result.summary())
     return 0
 
 

@@ -196,9 +196,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
 
 
 def resolve_device(device: str = "auto") -> str:
+    """``auto``: the GPU if there is one, else the CPU. Under torchrun/accelerate launch each
+    process takes the GPU of its local rank, so N processes load N copies on N GPUs, not on one."""
     if device != "auto":
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
 
 
 def load_model(model: str | os.PathLike, *, dtype: str | torch.dtype = "auto",

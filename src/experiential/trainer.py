@@ -9,6 +9,18 @@ One readable loop, in the nanoGPT spirit:
 4. for each step: a batch of experience pairs plus a few replay anchors, gradient accumulation over
    micro-batches, clip, AdamW step; stop early once the student has closed the gap;
 5. measure the residual gap and retention again, and report all of it.
+
+Several GPUs: launched with ``torchrun --nproc_per_node N`` or ``accelerate launch`` (``WORLD_SIZE``
+> 1), every process runs this same loop on the same pairs in the same seeded order (rank 0's pairs,
+broadcast), takes its share of each step's micro-batches and replay anchors (round-robin), and the
+gradients and logged numbers are summed over processes before clipping and the AdamW step
+(:mod:`experiential.distributed`). So a step on N processes is the single-process step on the same
+global batch, up to float rounding, whenever the step's batch has at least N * ``micro_batch_size``
+pairs; with fewer, micro-batches shrink to ``ceil(batch / N)`` pairs so that every process gets work
+(the same step as a single process with that ``micro_batch_size``). All
+processes stop at the same step (the stop rule reads the summed divergence), measure gaps and
+retention themselves, and only rank 0 shows progress and writes the adapter. Call ``learn`` and
+``save`` on every process. One process: nothing of this runs, and the loop is exactly as above.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ from .paraphrase import paraphrase
 from .reflection import reflect
 from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
 from .config import ELConfig
+from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
 from .gap import Gap, measure_gaps, summarize
 from .objectives import get_objective
@@ -110,7 +123,13 @@ class ExperientialTrainer:
         self.tok = tokenizer
         self.objective = get_objective(self.cfg.objective)
         self._seed()
+        state = process_state()
+        if state is not None:  # data parallel: this process's device; one progress bar, rank 0's
+            model = model.to(state.device)
+            if not state.is_main_process:
+                self.cfg = self.cfg.replace(progress=False)
         self.model, frozen = self._wrap(model)
+        sync_start([p for p in self.model.parameters() if p.requires_grad])
         self.teacher = TeacherModel(self.model, frozen, cache_mb=self.cfg.teacher_cache_mb)
         self._anchor_pairs = list(anchor_pairs) if anchor_pairs is not None else None
         self._probes = list(probes) if probes is not None else None
@@ -152,7 +171,7 @@ class ExperientialTrainer:
                 else:
                     mc, chat = default_anchor_prompts()
                 with self.teacher.active() as m:
-                    self._anchor_pairs = build_anchor_pairs(m, self.tok, mc, chat)
+                    self._anchor_pairs = from_main(build_anchor_pairs(m, self.tok, mc, chat))
         return self._anchor_pairs
 
     def probes(self) -> list[Any]:
@@ -191,7 +210,7 @@ class ExperientialTrainer:
             if cfg.reflect:  # after augmentation: each variant reflects on its own option order
                 experiences = reflect(base, tok, experiences,
                                       max_new_tokens=cfg.reflect_max_new_tokens)
-            pairs = self.objective.prepare(base, tok, experiences, cfg)
+            pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
         if not pairs:
             raise ValueError("the experiences produced no response tokens to learn from")
         anchors = self.anchor_pairs()
@@ -218,31 +237,39 @@ class ExperientialTrainer:
         on_policy = cfg.response == "samples" and cfg.objective == "self_distill"
         model.train()
         bar = _progress(n_steps, cfg.progress)
+        rank, world = rank_and_world()
         steps_per_pass = max(1, math.ceil(len(pairs) / cfg.batch_size))
         for step in range(1, n_steps + 1):
             if on_policy and step > 1 and (step - 1) % steps_per_pass == 0:
                 # On-policy: after each pass, the student (as it is now) samples fresh responses.
                 model.eval()
-                pairs = self.objective.prepare(model, tok, experiences, cfg)
+                pairs = from_main(self.objective.prepare(model, tok, experiences, cfg))
                 self.teacher.clear_cache()
                 stream = _cycle(pairs, cfg.seed + step)
                 model.train()
             batch = [next(stream) for _ in range(min(cfg.batch_size, len(pairs)))]
-            step_loss, step_div = 0.0, 0.0
-            for i in range(0, len(batch), cfg.micro_batch_size):
-                micro = batch[i:i + cfg.micro_batch_size]
+            step_loss, step_div, step_tokens = 0.0, 0.0, 0
+            mb = min(cfg.micro_batch_size, math.ceil(len(batch) / world))  # work for every rank
+            micros = [batch[i:i + mb] for i in range(0, len(batch), mb)]
+            for micro in micros[rank::world]:  # round-robin; all of them on a single process
                 loss, metrics = self.objective.loss(model, micro, cfg, self.teacher,
                                                     tok.pad_token_id)
                 (loss * len(micro) / len(batch)).backward()
                 step_loss += float(loss.detach()) * len(micro) / len(batch)
                 step_div += metrics.get("divergence", float("nan")) * len(micro) / len(batch)
-                tokens += sum(len(p.student) for p in micro)
+                step_tokens += sum(len(p.student) for p in micro)
             if anchors and cfg.anchor_weight > 0:
-                micro = [next(anchor_stream) for _ in range(min(cfg.anchor_per_step, len(anchors)))]
-                per_token, _ = distill_loss(model, micro, cfg, self.teacher, tok.pad_token_id)
-                (cfg.anchor_weight * per_token.mean()).backward()
-                step_loss += cfg.anchor_weight * float(per_token.mean().detach())
-                tokens += sum(len(p.student) for p in micro)
+                drawn = [next(anchor_stream) for _ in range(min(cfg.anchor_per_step, len(anchors)))]
+                if mine := drawn[rank::world]:
+                    # the mean is over all drawn anchors' tokens; this process has a share of them
+                    share = _n_response(mine) / _n_response(drawn)
+                    per_token, _ = distill_loss(model, mine, cfg, self.teacher, tok.pad_token_id)
+                    (cfg.anchor_weight * per_token.mean() * share).backward()
+                    step_loss += cfg.anchor_weight * float(per_token.mean().detach()) * share
+                    step_tokens += sum(len(p.student) for p in mine)
+            # the whole batch's gradient and numbers, on every rank (as they are, on one process)
+            step_loss, step_div, step_tokens = sum_step(params, step_loss, step_div, step_tokens)
+            tokens += int(step_tokens)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
@@ -277,13 +304,18 @@ class ExperientialTrainer:
         """Save the adapter (a standard PEFT adapter directory) or the full model, plus
         ``learn_report.json`` with every measured number and the config."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
-        if not self.cfg.lora:
-            self.tok.save_pretrained(path)
         if self.result is not None:
             self.result.adapter_path = str(path)
-            (path / "learn_report.json").write_text(json.dumps(self.result.to_dict(), indent=2))
+        state = process_state()
+        if state is None or state.is_main_process:  # every process holds the same weights
+            path.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(path, safe_serialization=True)
+            if not self.cfg.lora:
+                self.tok.save_pretrained(path)
+            if self.result is not None:
+                (path / "learn_report.json").write_text(json.dumps(self.result.to_dict(), indent=2))
+        if state is not None:
+            state.wait_for_everyone()  # the files exist on return, on every process
         return path
 
 
@@ -299,6 +331,10 @@ def _extra(experiences: Sequence[Experience], cfg: ELConfig) -> dict[str, Any]:
         extra["paraphrases_kept"] = sum(e.metadata.get("paraphrases_kept", 0)
                                         for e in experiences if "augmented_from" not in e.metadata)
     return extra
+
+
+def _n_response(pairs: Sequence[Pair]) -> int:
+    return sum(len(p.student.response) for p in pairs)
 
 
 def _cycle(items: Sequence[Pair], seed: int) -> Iterator[Pair]:
