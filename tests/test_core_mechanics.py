@@ -11,6 +11,7 @@ from experiential.context import teacher_messages
 from experiential.experience import Experience
 from experiential.objectives.base import TeacherModel
 from experiential.tokens import Sequence_, collate, response_logits
+from experiential.retention import chat_probe_pairs
 from experiential.trainer import ExperientialTrainer
 
 EXP = Experience("What is the capital of France?", "The answer is A.",
@@ -275,3 +276,45 @@ def test_chat_retention_measures_drift_on_open_prompts(tiny_tokenizer):
         assert result.retention.chat_mean_kl == pytest.approx(drift[weight] / 2)
     assert drift[0.0] > 1e-3, drift
     assert drift[5.0] < 0.5 * drift[0.0], drift
+
+
+def test_neighbour_questions_are_parsed_one_per_line():
+    from experiential.anchors import neighbour_questions
+
+    reply = "1. Who wrote War and Peace?\n- Who painted the Mona Lisa?\n\nWho wrote Hamlet?\nok"
+    assert neighbour_questions(reply, "Who wrote Hamlet?", 5) == [
+        "Who wrote War and Peace?", "Who painted the Mona Lisa?"]
+    assert neighbour_questions(reply, "x", 1) == ["Who wrote War and Peace?"]
+
+
+def test_neighbour_anchors_hold_the_neighbourhood(tiny_tokenizer):
+    """A prompt in metadata["neighbours"] is replayed with the frozen model's own answer, so it
+    drifts less than when it is not a neighbour (no other anchors in either run)."""
+    from conftest import build_tiny_model
+
+    from experiential.gap import measure_gaps
+
+    neighbour = "Feedback: what is the capital of France?"
+    drift = {}
+    for listed in (False, True):
+        exp = Experience(EXP.prompt, EXP.attempt, EXP.feedback, id="e1",
+                         metadata={"neighbours": [neighbour]} if listed else {})
+        trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=3), tiny_tokenizer,
+                                      cfg(max_steps=20, anchor_weight=5.0, anchor_per_step=2),
+                                      anchor_pairs=[])
+        result = trainer.learn([exp])
+        with trainer.teacher.active() as base:
+            probe = chat_probe_pairs(base, tiny_tokenizer, [neighbour], max_new_tokens=8)
+        drift[listed] = measure_gaps(trainer.model, tiny_tokenizer, probe, trainer.cfg,
+                                     trainer.teacher)[0].divergence
+        if listed:
+            (n,) = result.extra["neighbour_anchors"]
+            assert n["prompt"] == neighbour and n["experience_id"] == "e1"
+    assert drift[True] < 0.5 * drift[False], drift
+
+
+def test_neighbours_must_be_prompt_strings():
+    from experiential.experience import ExperienceError
+
+    with pytest.raises(ExperienceError, match="neighbours"):
+        Experience("q", "a", "f", metadata={"neighbours": "Who wrote Hamlet?"})

@@ -4,11 +4,20 @@ An anchor is a pair whose teacher context equals the student context, so the tea
 frozen original model; the response is the original model's own answer. Mixed into every step, the
 anchors penalise any drift the experiences would cause elsewhere (the "answer A to everything"
 failure), while the experiences' own prompts are free to move.
+
+Generic anchors do not cover the *neighbourhood* of an experience. Learning "The Master and
+Margarita was written by Bulgakov, not Tolstoy" from one correction moved Qwen2.5-Coder-0.5B to
+answer Bulgakov to "Who wrote War and Peace?" too (``bench/paraphrase.py``, the contrast column),
+while the generic anchors and probes barely moved. *Neighbour anchors* are questions of the same
+kind about other things, written by the frozen model for each experience, with the frozen model's
+own answers: they hold the pattern ("who wrote X?") in place so that only the content of the
+experience can change.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,6 +69,54 @@ def build_anchor_pairs(model: Any, tok: Any, mc_prompts: Sequence[list[Message]]
         for msgs, o in zip(chat_prompts, outs):
             if o[0].strip():
                 pairs.append(_pair(tok, msgs, o[0]))
+    return pairs
+
+
+NEIGHBOUR_TEMPLATE = (
+    "Here is a question:\n{text}\n\nWrite {k} different questions of the same kind and format "
+    "about other, unrelated things. Write one question per line, with no numbering and no "
+    "answers.")
+_NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|Q\d*[:.])\s*")
+
+
+def neighbour_questions(text: str, original: str, k: int) -> list[str]:
+    """Up to ``k`` distinct questions parsed from a model's reply, one per line."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        q = _NUMBERING.sub("", line).strip().strip('"').strip()
+        if len(q) >= 8 and q.lower() != original.strip().lower() and q not in out:
+            out.append(q)
+    return out[:k]
+
+
+def neighbour_anchor_pairs(model: Any, tok: Any, experiences: Sequence[Any], k: int, *,
+                           max_new_tokens: int = 32, seed: int = 0) -> list[Pair]:
+    """For each experience, its own ``metadata["neighbours"]`` (prompts the user knows to be
+    neighbours) plus ``k`` questions of the same kind about other things written by ``model`` (for
+    a multiple-choice prompt, about its stem), each paired with ``model``'s own greedy answer.
+    Call with the frozen original model."""
+    from .paraphrase import split_stem
+
+    owners = [(e.id, q) for e in experiences for q in e.metadata.get("neighbours", [])]
+    if k > 0 and experiences:
+        stems = [split_stem(e.prompt_text)[0] for e in experiences]
+        longest = max(len(tok(s, add_special_tokens=False)["input_ids"]) for s in stems)
+        asks = [[{"role": "user", "content": NEIGHBOUR_TEMPLATE.format(text=s, k=k)}]
+                for s in stems]
+        replies = generate(model, tok, asks, max_new_tokens=min(512, (k + 1) * (longest + 8)),
+                           seed=seed)
+        owners += [(e.id, q) for e, stem, (reply,) in zip(experiences, stems, replies)
+                   for q in neighbour_questions(reply, stem, k)]
+    if not owners:
+        return []
+    answers = generate(model, tok, [[{"role": "user", "content": q}] for _, q in owners],
+                       max_new_tokens=max_new_tokens)
+    pairs = []
+    for (eid, q), (a,) in zip(owners, answers):
+        if a.strip():
+            pair = _pair(tok, [{"role": "user", "content": q}], a)
+            pair.experience_id, pair.kind, pair.prompt_text = eid, "neighbour", q
+            pairs.append(pair)
     return pairs
 
 

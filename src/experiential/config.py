@@ -53,6 +53,11 @@ class ELConfig:
     0 disables anchoring."""
     anchor_per_step: int = 8
     """Replay prompts mixed into each optimisation step."""
+    anchor_neighbours: int = 0
+    """Per experience, the frozen model writes this many questions of the same kind about other
+    things, and its own answers to them become replay anchors (half of each step's anchors):
+    they keep the update from spreading to neighbouring questions (:mod:`experiential.anchors`).
+    Prompts in an experience's ``metadata["neighbours"]`` are always used this way."""
     anchor_prompts: Optional[str] = None
     """JSONL of replay prompts (``{"prompt": ...}``); default: the built-in anchor set."""
     augment: str = "rotate_options"

@@ -47,7 +47,9 @@ class Experience:
     ``prompt`` is either a plain string or a list of chat messages ``{"role", "content"}``; the
     model's chat template renders it. ``attempt`` is the model's answer. ``feedback`` is the text
     that came back. ``metadata`` is free-form and is kept, never interpreted by the trainer (except
-    the optional ``"target"`` key, the answer the feedback points to, used only for reporting).
+    the optional ``"target"`` key, the answer the feedback points to, used only for reporting, and
+    ``"neighbours"``, prompts near this one whose answers must not change: they become replay
+    anchors, see :func:`experiential.anchors.neighbour_anchor_pairs`).
     """
 
     prompt: Prompt
@@ -90,6 +92,11 @@ class Experience:
                                   "nothing", field="feedback")
         if not isinstance(self.metadata, dict):
             raise ExperienceError(f"must be an object, got {type(self.metadata).__name__}",
+                                  field="metadata")
+        neighbours = self.metadata.get("neighbours", [])
+        if not isinstance(neighbours, list) or not all(
+                isinstance(q, str) and q.strip() for q in neighbours):
+            raise ExperienceError("'neighbours' must be a list of non-empty prompt strings",
                                   field="metadata")
         if not isinstance(self.id, str) or not self.id:
             raise ExperienceError("must be a non-empty string", field="id")

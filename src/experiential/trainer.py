@@ -39,7 +39,8 @@ import torch
 from .augment import augment, parse_augment
 from .paraphrase import paraphrase
 from .reflection import reflect
-from .anchors import build_anchor_pairs, default_anchor_prompts, load_anchor_prompts
+from .anchors import (build_anchor_pairs, default_anchor_prompts, load_anchor_prompts,
+                      neighbour_anchor_pairs)
 from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
@@ -201,6 +202,9 @@ class ExperientialTrainer:
         kinds = parse_augment(cfg.augment)
         experiences = list(experiences)
         with self.teacher.active() as base:
+            neighbours = from_main(neighbour_anchor_pairs(
+                base, tok, experiences, cfg.anchor_neighbours, seed=cfg.seed)) \
+                if cfg.anchor_weight > 0 else []
             if "paraphrase" in kinds:  # first, so each rewording is rotated too
                 experiences = paraphrase(base, tok, experiences, cfg.paraphrase_copies,
                                          seed=cfg.seed)
@@ -232,6 +236,10 @@ class ExperientialTrainer:
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
         stream, anchor_stream = _cycle(pairs, cfg.seed), _cycle(anchors, cfg.seed + 1)
+        neighbour_stream = _cycle(neighbours, cfg.seed + 2)
+        # Half of each step's anchors are the experiences' neighbours (when there are any).
+        n_neighbour = min(len(neighbours), math.ceil(cfg.anchor_per_step / 2))
+        n_generic = min(len(anchors), cfg.anchor_per_step - n_neighbour)
         losses, divergences, tokens = [], [], 0
         stopped_early, step = False, 0
         on_policy = cfg.response == "samples" and cfg.objective == "self_distill"
@@ -258,8 +266,9 @@ class ExperientialTrainer:
                 step_loss += float(loss.detach()) * len(micro) / len(batch)
                 step_div += metrics.get("divergence", float("nan")) * len(micro) / len(batch)
                 step_tokens += sum(len(p.student) for p in micro)
-            if anchors and cfg.anchor_weight > 0:
-                drawn = [next(anchor_stream) for _ in range(min(cfg.anchor_per_step, len(anchors)))]
+            if (anchors or neighbours) and cfg.anchor_weight > 0:
+                drawn = [next(neighbour_stream) for _ in range(n_neighbour)] + \
+                    [next(anchor_stream) for _ in range(n_generic)]
                 if mine := drawn[rank::world]:
                     # the mean is over all drawn anchors' tokens; this process has a share of them
                     share = _n_response(mine) / _n_response(drawn)
@@ -296,7 +305,9 @@ class ExperientialTrainer:
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
             seconds=time.perf_counter() - start, config=cfg.to_dict(),
-            extra=_extra(experiences, cfg))
+            extra=_extra(experiences, cfg) | ({"neighbour_anchors": [
+                {"experience_id": p.experience_id, "prompt": p.prompt_text,
+                 "answer": p.response_text} for p in neighbours]} if neighbours else {}))
         return self.result
 
     # -- saving --------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ class Pair:
     experience_id: str
     kind: str = "experience"
     response_text: str = ""
+    prompt_text: str = ""
+    """The prompt, for reports (set for anchors the model wrote itself)."""
 
     def __post_init__(self) -> None:
         if self.student.response != self.teacher.response:
