@@ -285,6 +285,11 @@ def test_neighbour_questions_are_parsed_one_per_line():
     assert neighbour_questions(reply, "Who wrote Hamlet?", 5) == [
         "Who wrote War and Peace?", "Who painted the Mona Lisa?"]
     assert neighbour_questions(reply, "x", 1) == ["Who wrote War and Peace?"]
+    # a restatement of the original is not a neighbour (it would anchor the corrected answer)
+    assert neighbour_questions("Who painted the painting 'The Garden of Earthly Delights'?\n"
+                               "Who painted the Mona Lisa?",
+                               "Who painted 'The Garden of Earthly Delights'?", 4) == [
+        "Who painted the Mona Lisa?"]
 
 
 def test_neighbour_anchors_hold_the_neighbourhood(tiny_tokenizer):
@@ -307,9 +312,10 @@ def test_neighbour_anchors_hold_the_neighbourhood(tiny_tokenizer):
             probe = chat_probe_pairs(base, tiny_tokenizer, [neighbour], max_new_tokens=8)
         drift[listed] = measure_gaps(trainer.model, tiny_tokenizer, probe, trainer.cfg,
                                      trainer.teacher)[0].divergence
-        if listed:
-            (n,) = result.extra["neighbour_anchors"]
-            assert n["prompt"] == neighbour and n["experience_id"] == "e1"
+        if listed:  # the frozen model's answer, and the experience's attempt, on the neighbour
+            own, attempt = result.extra["neighbour_anchors"]
+            assert own["prompt"] == attempt["prompt"] == neighbour
+            assert attempt["answer"] == EXP.attempt and own["experience_id"] == "e1"
     assert drift[True] < 0.5 * drift[False], drift
 
 

@@ -79,12 +79,23 @@ NEIGHBOUR_TEMPLATE = (
 _NUMBERING = re.compile(r"^\s*(?:\d+[.)]|[-*\u2022]|Q\d*[:.])\s*")
 
 
+_STOP = {"a", "an", "the", "of", "in", "on", "is", "was", "what", "who", "which", "by", "to",
+         "did", "does", "do", "and", "or", "for", "painting", "novel", "book"}
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP}
+
+
 def neighbour_questions(text: str, original: str, k: int) -> list[str]:
-    """Up to ``k`` distinct questions parsed from a model's reply, one per line."""
+    """Up to ``k`` distinct questions parsed from a model's reply, one per line. A line that
+    restates the original (it has every content word of it) is not a neighbour: anchoring it
+    would hold the very answer the experience corrects."""
     out: list[str] = []
+    own = _content_words(original)
     for line in text.split("\n"):
         q = _NUMBERING.sub("", line).strip().strip('"').strip()
-        if len(q) >= 8 and q.lower() != original.strip().lower() and q not in out:
+        if len(q) >= 8 and not own <= _content_words(q) and q not in out:
             out.append(q)
     return out[:k]
 
@@ -93,8 +104,8 @@ def neighbour_anchor_pairs(model: Any, tok: Any, experiences: Sequence[Any], k: 
                            max_new_tokens: int = 32, seed: int = 0) -> list[Pair]:
     """For each experience, its own ``metadata["neighbours"]`` (prompts the user knows to be
     neighbours) plus ``k`` questions of the same kind about other things written by ``model`` (for
-    a multiple-choice prompt, about its stem), each paired with ``model``'s own greedy answer.
-    Call with the frozen original model."""
+    a multiple-choice prompt, about its stem). Each neighbour gives two anchors: ``model``'s own
+    greedy answer, and the experience's attempt as the response. Call with the frozen model."""
     from .paraphrase import split_stem
 
     owners = [(e.id, q) for e in experiences for q in e.metadata.get("neighbours", [])]
@@ -111,12 +122,17 @@ def neighbour_anchor_pairs(model: Any, tok: Any, experiences: Sequence[Any], k: 
         return []
     answers = generate(model, tok, [[{"role": "user", "content": q}] for _, q in owners],
                        max_new_tokens=max_new_tokens)
+    attempts = {e.id: e.attempt.strip() for e in experiences}
     pairs = []
     for (eid, q), (a,) in zip(owners, answers):
-        if a.strip():
-            pair = _pair(tok, [{"role": "user", "content": q}], a)
-            pair.experience_id, pair.kind, pair.prompt_text = eid, "neighbour", q
-            pairs.append(pair)
+        # The neighbour's own answer, and the experience's attempt read in the neighbour's
+        # context: the second holds the very positions the update pushes on ("The answer is" ->
+        # " Mikhail" vs " Leo") at the frozen model's distribution there.
+        for response in (a, attempts[eid]):
+            if response.strip():
+                pair = _pair(tok, [{"role": "user", "content": q}], response)
+                pair.experience_id, pair.kind, pair.prompt_text = eid, "neighbour", q
+                pairs.append(pair)
     return pairs
 
 
