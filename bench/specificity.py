@@ -24,6 +24,8 @@ SETTINGS = {
     "no_controls": {"augment": "none", "anchor_weight": 0.0},
     "anchors_only": {"augment": "none"},
     "rotation_only": {"anchor_weight": 0.0},
+    "epochs16": {"epochs": 16},  # twice the default passes: more transfer, at what retention?
+    "lr5e-4": {"learning_rate": 5e-4},
 }
 KINDS = ("letter", "explanation", "control")
 
@@ -40,6 +42,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--first", type=int, default=0,
+                    help="run only the first K of the --n questions (same questions and retention "
+                         "probes as the full run; e.g. extra settings on a subset)")
     ap.add_argument("--retention-n", type=int, default=200)
     ap.add_argument("--retention-max-tokens", type=int, default=192,
                     help="probe questions longer than this (prompt tokens) are not sampled: the "
@@ -89,7 +94,7 @@ def main() -> None:
     anchors = None
     for setting in args.settings.split(","):
         el = ELConfig(progress=False).replace(**SETTINGS[setting])
-        for q, p_s in zip(chosen, p_before):
+        for q, p_s in list(zip(chosen, p_before))[:args.first or None]:
             attempt = int(p_s.argmax())
             wrong = control_letter(q.id, q.answer, attempt)
             for kind in args.kinds.split(","):
