@@ -35,6 +35,12 @@ def answer_letter(text: str) -> str | None:
     return next((g for g in m.groups() if g), None) if m else None
 
 
+def rewards(history: list[dict[str, Any]]) -> list[float]:
+    """Mean reward per logged step (SDPOTrainer logs it as ``self_distillation/reward_mean``)."""
+    keys = ("self_distillation/reward_mean", "reward")
+    return [float(next(h[k] for k in keys if k in h)) for h in history if any(k in h for k in keys)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -119,7 +125,7 @@ def main() -> None:
             "mean_p_target_after": float(after_t.mean()),
             "target_is_argmax_after": float((p_after.argmax(-1) == tgt).float().mean()),
             "retention": retention.to_dict(), "steps": args.steps, "seconds": seconds,
-            "rewards": [h["reward"] for h in history if "reward" in h],
+            "rewards": rewards(history),
             "sdpo_config_changed_from_defaults": changed,
             "per_question": [{"id": q.id, "target": t, "before": float(b), "after": float(a)}
                              for q, t, b, a in zip(chosen, targets, before_t, after_t)]}
