@@ -37,8 +37,8 @@ def answer_letter(text: str) -> str | None:
 
 def rewards(history: list[dict[str, Any]]) -> list[float]:
     """Mean reward per logged step (SDPOTrainer logs it as ``self_distillation/reward_mean``)."""
-    keys = ("self_distillation/reward_mean", "reward")
-    return [float(next(h[k] for k in keys if k in h)) for h in history if any(k in h for k in keys)]
+    key = "self_distillation/reward_mean"
+    return [float(h[key]) for h in history if key in h]
 
 
 def main() -> None:
