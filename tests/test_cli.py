@@ -1,6 +1,7 @@
 """The command line, end to end on a tiny model saved to a local directory."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -146,5 +147,9 @@ def test_repro_smoke_runs_end_to_end_and_writes_reports(experiment, model_dir, t
     assert main(["repro", experiment, "--smoke", "--model", model_dir, "-o", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["model"] == model_dir
+    assert report["model_resolved"]["path"] == str(Path(model_dir).resolve())
+    assert report["command"] == f"experiential repro {experiment} --smoke --model {model_dir} " \
+                                f"-o {out}"
+    assert json.loads((out / "stages" / "args.json").read_text())["model"] == model_dir
     assert (out / "report.md").read_text().count("|") > 10
     assert (out / "report.png").stat().st_size > 1000

@@ -3,6 +3,8 @@ kinds, report files, and resume from finished stages."""
 
 import json
 
+import pytest
+
 from experiential.config import ELConfig
 from experiential.tasks.mc import MCQuestion
 from experiential.tasks.mmlu_shift import ShiftConfig, feedback_for, run
@@ -52,3 +54,63 @@ def test_critic_explanations_never_carry_the_letter():
     q = MCQuestion("Total cost?", ["$100", "$200", "$300", "$405"], 3)
     text = redact_letters("The correct option is D. Answer (B) double counts. A student errs.", q)
     assert text == 'The correct option is "$405". Answer "$200" double counts. A student errs.'
+
+
+def test_report_has_full_distributions_explanation_source_and_sem(tiny_model, tiny_tokenizer,
+                                                                  tmp_path):
+    import statistics
+
+    from experiential.tasks.mmlu_shift import STAND_IN, explanations_from_file
+
+    el = ELConfig(max_steps=1, anchor_weight=0.0, progress=False, lora_r=2, retention=False)
+    cfg = ShiftConfig(n_questions=3, kinds=("letter", "explanation"))
+    explanations = tmp_path / "ex.jsonl"
+    explanations.write_text("".join(json.dumps({"question_id": q.id,
+                                                "explanation": f"It is {q.id}."}) + "\n"
+                                    for q in QS))
+    report = run("tiny", tmp_path / "a", cfg, el, questions=QS, probes=QS[:4],
+                 load=lambda _: (tiny_model, tiny_tokenizer),
+                 explainer=explanations_from_file(explanations))
+    assert report["explanation_source"] == f"file {explanations}"
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"Explanations (kinds letter_explanation, explanation): file {explanations}." in md
+    for kind, r in report["results"].items():
+        for x in r["per_question"]:
+            for key in ("p_before", "p_teacher", "p_after"):
+                assert list(x[key]) == ["A", "B", "C", "D"]
+                assert abs(sum(x[key].values()) - 1) < 1e-4
+            letter = "ABCD"[x["target"]]
+            assert abs(x["p_before"][letter] - x["before"]) < 1e-5
+            assert abs(x["p_teacher"][letter] - x["teacher"]) < 1e-5
+            assert abs(x["p_after"][letter] - x["after"]) < 1e-5
+        befores = [x["before"] for x in r["per_question"]]
+        assert r["sem_p_target_before"] == pytest.approx(statistics.stdev(befores) / 3 ** 0.5)
+        assert f"{r['mean_p_target_before']:.1%} ± {100 * r['sem_p_target_before']:.1f} -> " in md
+    # the teacher saw different feedback per kind, so its distributions differ
+    letter_t = [x["p_teacher"] for x in report["results"]["letter"]["per_question"]]
+    expl_t = [x["p_teacher"] for x in report["results"]["explanation"]["per_question"]]
+    assert letter_t != expl_t
+    # stage files are whole JSON with no temporary file left beside them
+    stages = tmp_path / "a" / "stages"
+    assert not list(stages.glob("*.tmp"))
+    assert json.loads((stages / "explanations.json").read_text())["q1"] == "It is q1."
+
+    # the default stand-in says what it is; a different explanation source is a different run
+    with pytest.raises(ValueError, match="explanations"):
+        run("tiny", tmp_path / "a", cfg, el, questions=QS, probes=QS[:4],
+            load=lambda _: (tiny_model, tiny_tokenizer))
+    only_letters = run("tiny", tmp_path / "b", ShiftConfig(n_questions=2, kinds=("letter",)), el,
+                       questions=QS, probes=QS[:4], load=lambda _: (tiny_model, tiny_tokenizer))
+    assert only_letters["explanation_source"] is None and STAND_IN.startswith("built-in")
+
+
+def test_critic_explanation_source_names_the_backend():
+    from experiential.feedback.critic import Critic, LocalBackend, OpenAIBackend
+    from experiential.tasks.mmlu_shift import critic_explainer, explainer_source
+
+    remote = critic_explainer(Critic(OpenAIBackend("http://127.0.0.1:9", "gpt-4o-mini"),
+                                     cache_dir=None))
+    assert explainer_source(remote) == ("critic: OpenAI-compatible endpoint "
+                                        "http://127.0.0.1:9/v1, model gpt-4o-mini")
+    local = critic_explainer(Critic(LocalBackend("critic"), cache_dir=None))  # not loaded
+    assert explainer_source(local) == "critic: local model critic (Qwen2.5-Coder-1.5B-Instruct)"

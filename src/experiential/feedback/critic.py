@@ -211,15 +211,17 @@ class Critic:
             return "review"
         return ("sloppy" if meta.get("sloppy") else "correct") if verdict else "wrong_explain"
 
-    def messages(self, task: Task, attempt: str, template: str | None = None) -> list[Message]:
-        """The chat the critic is sent (public so a report can show it)."""
+    def messages(self, task: Task, attempt: str, template: str | None = None,
+                 **fields: str) -> list[Message]:
+        """The chat the critic is sent (public so a report can show it). ``fields`` fill
+        placeholders of a caller's own template beyond the standard ones (e.g. test results)."""
         prompt = task.prompt if isinstance(task.prompt, str) else "\n\n".join(
             m["content"] for m in task.prompt if m["role"] != "assistant")
         ref = (f"Reference solution (for you, the teacher):\n{task.reference.strip()}\n\n"
                if task.reference else "")
         text = self.templates[template or self.choose_template(task)].format(
             problem=prompt.strip(), attempt=attempt.strip(), reference=task.reference or "",
-            reference_block=ref)
+            reference_block=ref, **fields)
         system = [{"role": "system", "content": self.system}] if self.system else []
         return system + [{"role": "user", "content": text}]
 
@@ -255,11 +257,27 @@ class Critic:
                               f"for task {task.id or '?'} (template {template!r})")
         return experience(task, attempt, reply, template=template, **meta)
 
-    def dump_transcript(self, path: str | os.PathLike) -> int:
-        """Write :attr:`transcript` as JSONL, atomically. Returns the number of entries."""
-        lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in self.transcript)
+    def dump_transcript(self, path: str | os.PathLike, *, merge: bool = False) -> int:
+        """Write :attr:`transcript` as JSONL, atomically. Returns the number of entries written.
+
+        ``merge``: keep what the file already holds and add only the requests it lacks, one entry
+        per request (the first, so a reply first fetched stays marked uncached). A resumed run
+        asks nothing for the stages it reads back, and its transcript must still show them."""
+        entries = list(self.transcript)
+        if merge:
+            path = Path(path)
+            old = [json.loads(line) for line in path.read_text("utf-8").splitlines()
+                   if line.strip()] if path.is_file() else []
+            seen: set[str] = set()
+            entries = []
+            for t in old + self.transcript:
+                key = json.dumps(t["request"], sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    entries.append(t)
+        lines = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in entries)
         _write_atomic(Path(path), lines)
-        return len(self.transcript)
+        return len(entries)
 
 
 def _write_atomic(path: Path, text: str) -> None:

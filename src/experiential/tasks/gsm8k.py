@@ -28,7 +28,8 @@ from ..feedback.answer import AnswerChecker, extract_final_number, normalize_num
 from ..feedback.base import FeedbackSource, Task, experience
 from .data import GSM8KProblem, load_gsm8k
 from .mc import wilson_interval
-from .stages import Stages, bar_plot, write_json
+from .stages import (Stages, bar_plot, provenance, provenance_markdown, source_identity,
+                     write_json)
 
 PUBLISHED = {"model": "Llama-3.2-1B-Instruct", "base": 0.304, "el": 0.398, "grpo": 0.416}
 PROMPT = ("{question}\n\nSolve the problem step by step, then finish with \"The answer is N.\" "
@@ -115,20 +116,33 @@ class GSM8KFeedback:
                           **{**meta, **critique.metadata, "source": "answer_check+critic"})
 
 
+def stage_args(model_name: str, cfg: GSM8KConfig, el: ELConfig,
+               critic: FeedbackSource | None) -> dict[str, Any]:
+    """What the stages depend on (the generation batch size does not, so it may change)."""
+    return {"model": model_name, "config": {k: v for k, v in asdict(cfg).items()
+                                            if k != "batch_size"},
+            "el": {k: v for k, v in el.to_dict().items() if k != "progress"},
+            "critic": source_identity(critic)}
+
+
 def run(model_name: str, out_dir: str | Path, cfg: GSM8KConfig, el: ELConfig, *,
         data_dir: str | None = None, critic: FeedbackSource | None = None,
-        load: Callable[[str], tuple[Any, Any]] | None = None) -> dict[str, Any]:
-    """Run every stage not yet done, then write ``report.json``, ``report.md``, ``report.png``."""
+        load: Callable[[str], tuple[Any, Any]] | None = None, allow_download: bool = False,
+        restart: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Run every stage not yet done, then write ``report.json``, ``report.md``, ``report.png``.
+    ``allow_download``: load GSM8K from the hub if no local copy; ``restart``: redo every stage;
+    ``command``: the command line, recorded in the report."""
     from ..feedback.base import review_all
     from ..generation import generate
     from ..models import load_model
     from ..trainer import ExperientialTrainer
 
-    st = Stages(out_dir)
     load = load or (lambda m: load_model(m))
-    test = load_gsm8k("test", data_dir)
+    test = load_gsm8k("test", data_dir, allow_download=allow_download)
     test = test[: cfg.eval_limit] if cfg.eval_limit else test
-    train = random.Random(cfg.seed).sample(load_gsm8k("train", data_dir), cfg.train_n)
+    train = random.Random(cfg.seed).sample(
+        load_gsm8k("train", data_dir, allow_download=allow_download), cfg.train_n)
+    st = Stages(out_dir, stage_args(model_name, cfg, el, critic), restart=restart)
     loaded: list[Any] = []
 
     def base_model() -> tuple[Any, Any]:
@@ -171,7 +185,8 @@ def run(model_name: str, out_dir: str | Path, cfg: GSM8KConfig, el: ELConfig, *,
         grpo_result = st.run("grpo", lambda: grpo_baseline(model_name, train, test, cfg, el,
                                                            Path(out_dir), load))
     train_acc = sum(e.metadata.get("correct", False) for e in exps) / max(1, len(exps))
-    report = {"experiment": "gsm8k", "model": model_name, "config": asdict(cfg),
+    report = {"experiment": "gsm8k", "model": model_name, **provenance(model_name, command),
+              "config": asdict(cfg),
               "el_config": el.to_dict(), "published": PUBLISHED,
               "critic": getattr(critic, "name", None) or (type(critic).__name__ if critic else None),
               "train_attempt_accuracy": train_acc,
@@ -249,6 +264,7 @@ def markdown(report: dict[str, Any]) -> str:
     cfg = report["config"]
     lines = [
         "# GSM8K with chain of thought: EL and a GRPO baseline\n",
+        *provenance_markdown(report),
         f"Ours: `{report['model']}`, greedy, {cfg['max_new_tokens']} new tokens, first "
         f"{report['base']['n']} test problems (same subset for every row); "
         f"{cfg['train_n']} training problems (seed {cfg['seed']}), on which the base model's "

@@ -1,8 +1,9 @@
 """HumanEval Monte Carlo cross-validation (the published experiment 2).
 
 Repeat ``repeats`` times: split the tasks 50/50 at random; on the train half take the model's
-zero-shot attempts, get feedback (the tests plus the traceback, or printed input/output pairs),
-apply one EL update from the base model; measure pass@1 on the held-out half before and after.
+zero-shot attempts, get feedback (the tests plus the traceback, printed input/output pairs, or a
+critic that reads the reference solution and the test results), apply one EL update from the base
+model; measure pass@1 on the held-out half before and after.
 Report the mean and standard deviation of the improvement per feedback type.
 
 The base model's greedy completions do not depend on the split, so they are generated once for all
@@ -22,7 +23,8 @@ from typing import Any, Callable, Sequence
 from ..config import ELConfig
 from ..experience import Experience
 from .data import load_humaneval
-from .stages import Stages, bar_plot, write_json
+from .stages import (Stages, bar_plot, provenance, provenance_markdown, source_identity,
+                     write_json)
 
 PUBLISHED = {"model": "Llama-3.2-1B-Instruct", "tests": 15.37, "io": 17.6}
 PROMPT = ("Complete the following Python function. Reply with the whole function in one "
@@ -36,7 +38,8 @@ class HumanEvalConfig:
     repeats: int = 5
     seed: int = 0
     feedback: Sequence[str] = ("tests", "io")
-    """``tests``: test source + pass/fail + traceback; ``io``: printed input/output pairs."""
+    """``tests``: test source + pass/fail + traceback; ``io``: printed input/output pairs;
+    ``critic``: a critic's explanation given the reference solution and the test results."""
     max_new_tokens: int = 384
     batch_size: int = 8
     timeout: float = 10.0
@@ -58,14 +61,69 @@ def to_task(row: dict[str, Any]):  # noqa: ANN201 - feedback.base.Task
                 metadata={"task_id": row["task_id"], "code_prompt": row["prompt"]})
 
 
-def feedback_source(kind: str, cfg: HumanEvalConfig):  # noqa: ANN201
+FEEDBACK_TYPES = ("tests", "io", "critic")
+_STYLE = " Address the student directly as \"you\", in 2-5 sentences, with no preamble."
+CRITIC_TEMPLATES = {
+    "code_failed": "Problem:\n{problem}\n\nStudent's answer:\n{attempt}\n\n{reference_block}"
+    "Test results of the student's code:\n{results}\n\nThe student's code fails the tests. "
+    "Explain what is wrong in it and how to fix it. Do not paste the reference solution; name "
+    "the change instead." + _STYLE,
+    "code_passed": "Problem:\n{problem}\n\nStudent's answer:\n{attempt}\n\n{reference_block}"
+    "Test results of the student's code:\n{results}\n\nThe student's code passes every test. "
+    "Say so, and briefly say why it is right." + _STYLE,
+}
+
+
+class CodeCritic:
+    """The ``critic`` feedback type: run the tests, then ask the critic (a
+    :class:`~experiential.feedback.critic.Critic`) with the reference solution and the test
+    results, so it can say what is wrong and how to fix it, or that the code passes. The verdict
+    comes from the tests, not the critic, as the answer checker's does for GSM8K."""
+
+    def __init__(self, critic: Any, timeout: float = 10.0):
+        from ..feedback.code import TestFeedback
+
+        self.tests = TestFeedback(timeout=timeout)
+        self.critic = critic
+        for name, text in CRITIC_TEMPLATES.items():
+            critic.templates.setdefault(name, text)
+
+    def review(self, task: Any, attempt: str) -> Experience:
+        from ..feedback.base import Task, experience
+        from ..feedback.code import code_prompt
+        from ..feedback.critic import CriticError
+
+        tested = self.tests.review(task, attempt)
+        if tested.metadata.get("status") == "empty":  # nothing to review (as Critic.review)
+            tested.metadata["source"] = "code_critic"
+            return tested
+        template = "code_passed" if tested.metadata.get("passed") else "code_failed"
+        # The reference as a whole function: HumanEval's canonical solution is only the body.
+        full = code_prompt(task) + task.reference if task.reference else None
+        ask = Task(task.prompt, full, task.tests, task.entry_point, task.id, task.metadata)
+        reply = self.critic.complete(self.critic.messages(
+            ask, attempt, template, results=tested.feedback.strip())).strip()
+        if not reply:
+            raise CriticError(f"the critic returned an empty reply for task {task.id or '?'}")
+        return experience(task, attempt, reply, **{
+            **tested.metadata, "source": "code_critic", "template": template,
+            "critic_model": self.critic.backend.model_name})
+
+
+def feedback_source(kind: str, cfg: HumanEvalConfig, critic: Any = None):  # noqa: ANN201
     from ..feedback.code import IOFeedback, TestFeedback
 
     if kind == "tests":
         return TestFeedback(timeout=cfg.timeout)
     if kind == "io":
         return IOFeedback(timeout=cfg.timeout)
-    raise ValueError(f"unknown feedback type {kind!r}; choose tests or io")
+    if kind == "critic":
+        if critic is None:
+            raise ValueError("feedback type critic needs a critic: pass --critic-url (an "
+                             "OpenAI-compatible endpoint) or --critic-local (a local model, e.g. "
+                             "`critic`)")
+        return CodeCritic(critic, timeout=cfg.timeout)
+    raise ValueError(f"unknown feedback type {kind!r}; choose from {', '.join(FEEDBACK_TYPES)}")
 
 
 def check(rows: Sequence[dict[str, Any]], completions: Sequence[str],
@@ -95,17 +153,32 @@ def split(n: int, seed: int, repeat: int) -> tuple[list[int], list[int]]:
     return sorted(order[:half]), sorted(order[half:])
 
 
+def stage_args(model_name: str, cfg: HumanEvalConfig, el: ELConfig,
+               critic: Any = None) -> dict[str, Any]:
+    """What the stages depend on (generation batch size and sandbox workers do not)."""
+    return {"model": model_name, "config": {k: v for k, v in asdict(cfg).items()
+                                            if k not in ("batch_size", "workers")},
+            "el": {k: v for k, v in el.to_dict().items() if k != "progress"},
+            "critic": source_identity(critic) if "critic" in cfg.feedback else None}
+
+
 def run(model_name: str, out_dir: str | Path, cfg: HumanEvalConfig, el: ELConfig, *,
-        data_dir: str | None = None,
-        load: Callable[[str], tuple[Any, Any]] | None = None) -> dict[str, Any]:
-    """Run every stage not yet done; write ``report.json``, ``report.md``, ``report.png``."""
+        data_dir: str | None = None, critic: Any = None,
+        load: Callable[[str], tuple[Any, Any]] | None = None, allow_download: bool = False,
+        restart: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Run every stage not yet done; write ``report.json``, ``report.md``, ``report.png``.
+    ``critic``: a :class:`~experiential.feedback.critic.Critic` for the ``critic`` feedback type;
+    ``allow_download``: load HumanEval from the hub if no local copy; ``restart``: redo every
+    stage; ``command``: the command line, recorded in the report."""
     from ..feedback.base import review_all
     from ..models import load_model
     from ..trainer import ExperientialTrainer
 
-    st = Stages(out_dir)
-    rows = load_humaneval(data_dir)
+    for kind in cfg.feedback:  # a typo or a missing critic fails now, not after the base stage
+        feedback_source(kind, cfg, critic)
+    rows = load_humaneval(data_dir, allow_download=allow_download)
     rows = rows[: cfg.limit] if cfg.limit else rows
+    st = Stages(out_dir, stage_args(model_name, cfg, el, critic), restart=restart)
     loaded: list[Any] = []
 
     def base_model() -> tuple[Any, Any]:
@@ -126,7 +199,7 @@ def run(model_name: str, out_dir: str | Path, cfg: HumanEvalConfig, el: ELConfig
             def stage(kind: str = kind, r: int = r, train_idx: list[int] = train_idx,
                       test_idx: list[int] = test_idx) -> dict[str, Any]:
                 model, tok = base_model()
-                source = feedback_source(kind, cfg)
+                source = feedback_source(kind, cfg, critic)
                 exps = review_all(source, [to_task(rows[i]) for i in train_idx],
                                   [base["completions"][i] for i in train_idx],
                                   workers=cfg.workers or 2)
@@ -160,7 +233,9 @@ def run(model_name: str, out_dir: str | Path, cfg: HumanEvalConfig, el: ELConfig
             "pass1_after_mean": statistics.mean(x["pass1_after"] for x in rs),
             "per_repeat": [{k: x[k] for k in ("repeat", "pass1_before", "pass1_after",
                                                "train_pass1", "learn")} for x in rs]}
-    report = {"experiment": "humaneval_mccv", "model": model_name, "n_tasks": len(rows),
+    report = {"experiment": "humaneval_mccv", "model": model_name,
+              **provenance(model_name, command), "n_tasks": len(rows),
+              "critic": source_identity(critic) if "critic" in cfg.feedback else None,
               "config": asdict(cfg), "el_config": el.to_dict(), "published": PUBLISHED,
               "base_pass1_all": sum(base["passed"]) / len(rows), "results": results}
     write_json(Path(out_dir) / "report.json", report)
@@ -177,14 +252,15 @@ def run(model_name: str, out_dir: str | Path, cfg: HumanEvalConfig, el: ELConfig
 
 def markdown(report: dict[str, Any]) -> str:
     pub, cfg = report["published"], report["config"]
-    lines = ["# HumanEval Monte Carlo cross-validation\n",
+    lines = ["# HumanEval Monte Carlo cross-validation\n", *provenance_markdown(report),
              f"Ours: `{report['model']}`, {report['n_tasks']} tasks, {cfg['repeats']} random 50/50 "
              f"splits (seed {cfg['seed']}), greedy, {cfg['max_new_tokens']} new tokens; base "
              f"pass@1 on all tasks {report['base_pass1_all']:.1%}. One EL update per split from "
              f"the base model on the train half's zero-shot attempts. Published: {pub['model']}.\n",
              "| feedback | held-out pass@1 before -> after (mean) | gain, points (mean ± std) "
              "| published gain |", "|---|---|---|---|"]
-    names = {"tests": "tests + traceback", "io": "printed input/output pairs"}
+    names = {"tests": "tests + traceback", "io": "printed input/output pairs",
+             "critic": f"critic ({report.get('critic')}) given the reference and test results"}
     for kind, r in report["results"].items():
         p = pub.get(kind)
         lines.append(f"| {names.get(kind, kind)} | {r['pass1_before_mean']:.1%} -> "

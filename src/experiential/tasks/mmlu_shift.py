@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, Callable, Sequence
 from ..config import ELConfig
 from ..experience import Experience
 from .mc import LETTERS, MCQuestion, format_mc
+from .stages import Stages, provenance, provenance_markdown, write_json
 
 KINDS = ("letter", "letter_explanation", "explanation", "control")
 PUBLISHED = {"model": "Llama-3.2-1B", "before": 0.108, "letter": 0.504,
@@ -35,6 +37,17 @@ Explainer = Callable[[MCQuestion], str]
 def content_explanation(q: MCQuestion) -> str:
     """A stand-in explanation that names the right option's content but not its letter."""
     return f"The right option is the one that says \"{q.choices[q.answer]}\"."
+
+
+STAND_IN = "built-in stand-in (no critic): quotes the right option's text, names no letter"
+content_explanation.source = STAND_IN  # type: ignore[attr-defined]
+
+
+def explainer_source(explainer: Explainer) -> str:
+    """Where an explainer's explanations come from, for the report (critic backend and model,
+    a file, or the built-in stand-in): the explanations decide what kinds (b) and (c) teach."""
+    return getattr(explainer, "source", None) or \
+        f"custom explainer {getattr(explainer, '__qualname__', type(explainer).__name__)}"
 
 
 def explanations_from_file(path: str | Path) -> Explainer:
@@ -52,6 +65,7 @@ def explanations_from_file(path: str | Path) -> Explainer:
             raise KeyError(f"{path} has no explanation for question {q.id}")
         return table[q.id]
 
+    explain.source = f"file {path}"  # type: ignore[attr-defined]
     return explain
 
 
@@ -76,7 +90,21 @@ def critic_explainer(critic: Any) -> Explainer:
         wrong = q.metadata.get("attempt", "")
         return redact_letters(critic.complete(critic.messages(task, wrong, "mmlu_explain")), q)
 
+    explain.source = critic_source(critic)  # type: ignore[attr-defined]
     return explain
+
+
+def critic_source(critic: Any) -> str:
+    """``critic: OpenAI-compatible endpoint <url>, model <name>`` or ``critic: local model <name>
+    (<full name>)``."""
+    backend = getattr(critic, "backend", None)
+    if getattr(backend, "base_url", None):
+        return f"critic: OpenAI-compatible endpoint {backend.base_url}, model {backend.model_name}"
+    from ..models import describe_model
+
+    name = getattr(backend, "model_name", None) or type(critic).__name__
+    model = describe_model(name)
+    return f"critic: local model {name}" + (f" ({model['name']})" if "embedded" in model else "")
 
 
 _LETTER_REF = re.compile(r"\b((?:option|answer|choice)\s+(?:is\s+)?)\(?([A-D])\)?(?!\w)", re.IGNORECASE)
@@ -121,15 +149,34 @@ class ShiftConfig:
     retention_n: int = 48
 
 
+def stage_args(model_name: str, cfg: ShiftConfig, el: ELConfig, explanations: str | None,
+               questions: Sequence[MCQuestion] | None = None) -> dict[str, Any]:
+    """What the stages depend on: the model, the question selection, the EL config and the
+    explanation source (when a kind uses explanations)."""
+    return {"model": model_name, "seed": cfg.seed, "n_questions": cfg.n_questions,
+            "subjects": list(cfg.subjects) if cfg.subjects else None, "kinds": list(cfg.kinds),
+            "retention_n": cfg.retention_n, "explanations": explanations,
+            "questions": [q.id for q in questions] if questions is not None else None,
+            "el": {k: v for k, v in el.to_dict().items() if k != "progress"}}
+
+
+def sem(values: Sequence[float]) -> float:
+    """Standard error of the mean (0 for fewer than two values)."""
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+
+
 def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         data_dir: str | None = None, explainer: Explainer | None = None,
         questions: list[MCQuestion] | None = None, probes: list[MCQuestion] | None = None,
-        load: Callable[[str], tuple[Any, Any]] | None = None) -> dict[str, Any]:
+        load: Callable[[str], tuple[Any, Any]] | None = None, allow_download: bool = False,
+        restart: bool = False, command: str | None = None) -> dict[str, Any]:
     """Run the experiment and write ``report.json`` and ``report.md`` under ``out_dir``.
     Stages are resumable: finished kinds are read back from ``stages/<kind>.json``, the
-    explanations from ``stages/explanations.json``."""
+    explanations from ``stages/explanations.json``. ``allow_download``: load MMLU from the hub
+    if no local copy; ``restart``: redo every stage; ``command``: recorded in the report."""
     import torch
 
+    from ..context import teacher_messages
     from ..models import load_model
     from ..scoring import option_probs
     from ..trainer import ExperientialTrainer
@@ -137,71 +184,87 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     from .mc import sample_questions
 
     out = Path(out_dir)
-    (out / "stages").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    model, tok = (load or (lambda m: load_model(m)))(model_name)
     explainer = explainer or content_explanation
+    wants_explanations = any(k in ("letter_explanation", "explanation") for k in cfg.kinds)
+    source = explainer_source(explainer) if wants_explanations else None
+    given = questions
     if questions is None:
         questions = [q for q in load_mmlu("test", list(cfg.subjects) if cfg.subjects else None,
-                                          data_dir=data_dir) if len(q.choices) == 4]
+                                          data_dir=data_dir, allow_download=allow_download)
+                     if len(q.choices) == 4]
+    pool = load_mmlu("test", data_dir=data_dir, allow_download=allow_download) \
+        if probes is None else []
+    st = Stages(out, stage_args(model_name, cfg, el, source, given), restart=restart)
+    model, tok = (load or (lambda m: load_model(m)))(model_name)
     chosen, p_before = questions_it_gets_wrong(model, tok, questions, cfg.n_questions, cfg.seed)
     if probes is None:
         used = {q.subject for q in chosen}
-        probes = sample_questions(load_mmlu("test", data_dir=data_dir), cfg.retention_n,
-                                  cfg.seed + 1, exclude_subjects=used)
+        probes = sample_questions(pool, cfg.retention_n, cfg.seed + 1, exclude_subjects=used)
         probes = [q for q in probes if len(q.choices) == 4]
     for q, p in zip(chosen, p_before):
         q.metadata["attempt"] = q.choices[int(p.argmax())]  # what the model chose, for a critic
     explanations: dict[str, str] = {}
-    if any(k in ("letter_explanation", "explanation") for k in cfg.kinds):
-        path = out / "stages" / "explanations.json"
-        if path.is_file():
-            explanations = json.loads(path.read_text())
-        else:
-            explanations = {q.id: explainer(q) for q in chosen}
-            path.write_text(json.dumps(explanations, indent=1))
+    if wants_explanations:
+        explanations = st.run("explanations", lambda: {q.id: explainer(q) for q in chosen})
     results: dict[str, Any] = {}
     for kind in cfg.kinds:
-        stage = out / "stages" / f"{kind}.json"
-        if stage.is_file():
-            results[kind] = json.loads(stage.read_text())
-            continue
-        exps, targets = [], []
-        for q, p in zip(chosen, p_before):
-            attempt = int(p.argmax())
-            wrong = control_letter(q.id, q.answer, attempt)
-            fb, target = feedback_for(kind, q, wrong, explanations.get(q.id, ""))
-            exps.append(Experience(format_mc(q), f"The answer is {LETTERS[attempt]}.", fb,
-                                   {"question_id": q.id, "kind": kind, "target": target}))
-            targets.append(target)
-        trainer = ExperientialTrainer(model, tok, el, probes=probes)
-        res = trainer.learn(exps)
-        p_after = option_probs(trainer.model, tok, [_msgs(q) for q in chosen])
-        if hasattr(trainer.model, "unload"):
-            model = trainer.model.unload()
-        idx = torch.arange(len(chosen))
-        tgt = torch.tensor(targets)
-        before_t = torch.stack(p_before)[idx, tgt]
-        after_t = p_after[idx, tgt]
-        results[kind] = {
-            "mean_p_target_before": float(before_t.mean()),
-            "mean_p_target_after": float(after_t.mean()),
-            "target_is_argmax_after": float((p_after.argmax(-1) == tgt).float().mean()),
-            "gap_before": res.to_dict()["gap_before"], "gap_after": res.to_dict()["gap_after"],
-            "retention": res.retention.to_dict() if res.retention else None,
-            "steps": res.steps, "seconds": res.seconds,
-            "per_question": [{"id": q.id, "target": t, "before": float(b), "after": float(a),
-                              "feedback": e.feedback}
-                             for q, t, b, a, e in zip(chosen, targets, before_t, after_t, exps)]}
-        stage.write_text(json.dumps(results[kind], indent=1))
-    report = {"experiment": "mmlu_shift", "model": model_name, "n_questions": len(chosen),
-              "seed": cfg.seed, "config": el.to_dict(), "published": PUBLISHED,
+
+        def stage(kind: str = kind) -> dict[str, Any]:
+            nonlocal model
+            exps, targets = [], []
+            for q, p in zip(chosen, p_before):
+                attempt = int(p.argmax())
+                wrong = control_letter(q.id, q.answer, attempt)
+                fb, target = feedback_for(kind, q, wrong, explanations.get(q.id, ""))
+                exps.append(Experience(format_mc(q), f"The answer is {LETTERS[attempt]}.", fb,
+                                       {"question_id": q.id, "kind": kind, "target": target}))
+                targets.append(target)
+            # The base model with the feedback in context: what the update could reach.
+            p_teacher = option_probs(model, tok, [teacher_messages(
+                e, el.context_design, el.context_template) for e in exps])
+            trainer = ExperientialTrainer(model, tok, el, probes=probes)
+            res = trainer.learn(exps)
+            p_after = option_probs(trainer.model, tok, [_msgs(q) for q in chosen])
+            if hasattr(trainer.model, "unload"):
+                model = trainer.model.unload()
+            idx = torch.arange(len(chosen))
+            tgt = torch.tensor(targets)
+            before = torch.stack(p_before)
+            before_t, teacher_t, after_t = before[idx, tgt], p_teacher[idx, tgt], p_after[idx, tgt]
+            return {
+                "mean_p_target_before": float(before_t.mean()),
+                "mean_p_target_teacher": float(teacher_t.mean()),
+                "mean_p_target_after": float(after_t.mean()),
+                "target_is_argmax_after": float((p_after.argmax(-1) == tgt).float().mean()),
+                "gap_before": res.to_dict()["gap_before"], "gap_after": res.to_dict()["gap_after"],
+                "retention": res.retention.to_dict() if res.retention else None,
+                "steps": res.steps, "seconds": res.seconds,
+                "per_question": [
+                    {"id": q.id, "target": t, "before": float(before_t[i]),
+                     "teacher": float(teacher_t[i]), "after": float(after_t[i]),
+                     "p_before": _dist(before[i]), "p_teacher": _dist(p_teacher[i]),
+                     "p_after": _dist(p_after[i]), "feedback": e.feedback}
+                    for i, (q, t, e) in enumerate(zip(chosen, targets, exps))]}
+
+        results[kind] = st.run(kind, stage)
+        per = results[kind]["per_question"]
+        results[kind]["sem_p_target_before"] = sem([x["before"] for x in per])
+        results[kind]["sem_p_target_after"] = sem([x["after"] for x in per])
+    report = {"experiment": "mmlu_shift", "model": model_name, **provenance(model_name, command),
+              "n_questions": len(chosen), "seed": cfg.seed, "config": el.to_dict(),
+              "explanation_source": source, "published": PUBLISHED,
               "results": results, "seconds": time.time() - t0,
               "questions": [q.id for q in chosen]}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    write_json(out / "report.json", report)
     (out / "report.md").write_text(markdown(report))
     plot(report, out / "report.png")
     return report
+
+
+def _dist(p: Any) -> dict[str, float]:
+    """A letter distribution as ``{"A": .., "B": .., ...}`` (readable in report.json)."""
+    return {LETTERS[i]: round(float(x), 6) for i, x in enumerate(p)}
 
 
 def plot(report: dict[str, Any], path: str | Path) -> None:
@@ -245,20 +308,30 @@ def _msgs(q: MCQuestion) -> list[dict[str, str]]:
 
 def markdown(report: dict[str, Any]) -> str:
     pub = report["published"]
-    lines = [f"# MMLU answer-probability shift\n",
+    lines = ["# MMLU answer-probability shift\n", *provenance_markdown(report),
              f"Ours: `{report['model']}`, {report['n_questions']} MMLU test questions it gets "
              f"wrong, seed {report['seed']}, one EL update per kind over all of them. "
-             f"Published: {pub['model']}.\n",
-             "| experience kind | ours: P(target) before -> after | in-context gap (teacher - "
-             "student) | retention: accuracy change, mean KL | published |",
-             "|---|---|---|---|---|"]
+             f"Published: {pub['model']}.\n"]
+    if report.get("explanation_source"):
+        lines.append(f"Explanations (kinds letter_explanation, explanation): "
+                     f"{report['explanation_source']}.\n")
+    lines += ["| experience kind | ours: P(target) before -> after (± s.e.m.) | in-context gap "
+              "(teacher - student) | retention: accuracy change, mean KL | published |",
+              "|---|---|---|---|---|"]
     for kind, r in report["results"].items():
         ret = r.get("retention") or {}
         published = (f"{pub['control_before']:.1%} -> {pub['control']:.1%}" if kind == "control"
                      else f"{pub['before']:.1%} -> {pub[kind]:.1%}")
         lines.append(
-            f"| {kind} | {r['mean_p_target_before']:.1%} -> {r['mean_p_target_after']:.1%} | "
+            f"| {kind} | {r['mean_p_target_before']:.1%} ± {_pts(r, 'before')} -> "
+            f"{r['mean_p_target_after']:.1%} ± {_pts(r, 'after')} | "
             f"{r['gap_before'].get('mean_gap', float('nan')):+.3f} | "
             f"{ret.get('accuracy_change', float('nan')) * 100:+.1f} pts, "
             f"{ret.get('mean_kl', float('nan')):.3f} | {published} |")
     return "\n".join(lines) + "\n"
+
+
+def _pts(r: dict[str, Any], when: str) -> str:
+    """The standard error of the mean P(target), in percentage points."""
+    value = r.get(f"sem_p_target_{when}")
+    return "?" if value is None else f"{100 * value:.1f}"
