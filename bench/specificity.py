@@ -24,7 +24,10 @@ SETTINGS = {
     "no_controls": {"augment": "none", "anchor_weight": 0.0},
     "anchors_only": {"augment": "none"},
     "rotation_only": {"anchor_weight": 0.0},
-    "epochs16": {"epochs": 16},  # twice the default passes: more transfer, at what retention?
+    # twice the default passes: more transfer, at what retention? Measured at steps 8 and 12
+    # too, which are the default's and epochs12's updates (so one run gives three rows)
+    "epochs16": {"epochs": 16, "checkpoints": {8: "default", 12: "epochs12"}},
+    "epochs12": {"epochs": 12},
     "lr5e-4": {"learning_rate": 5e-4},
     # epochs16 reaches the transfer target but loses 1.4 retention points: do more anchors hold it?
     "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16},
@@ -70,7 +73,7 @@ def main() -> None:
     from experiential.context import teacher_messages
     from experiential.experience import Experience
     from experiential.models import load_model
-    from experiential.retention import probe_logprobs
+    from experiential.retention import compare, probe_logprobs
     from experiential.scoring import option_probs
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc, sample_questions
@@ -94,14 +97,20 @@ def main() -> None:
     probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
     baseline = probe_logprobs(model, tok, probes)
     anchors = None
+    msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
     for setting in args.settings.split(","):
-        el = ELConfig(progress=False).replace(**SETTINGS[setting])
+        over = dict(SETTINGS[setting])
+        # A checkpoint is another setting measured mid-run: with a constant learning rate, the
+        # same seed and the same batches, step k of this run *is* the last step of a k-step run.
+        checkpoints: dict[int, str] = over.pop("checkpoints", {})
+        el = ELConfig(progress=False).replace(**over)
         for q, p_s in list(zip(chosen, p_before))[:args.first or None]:
             attempt = int(p_s.argmax())
             wrong = control_letter(q.id, q.answer, attempt)
             for kind in args.kinds.split(","):
-                rec_path = out / "records" / f"{setting}__{kind}__{q.id.replace('/', '_')}.json"
-                if rec_path.is_file():
+                path = lambda name: out / "records" / f"{name}__{kind}__{q.id.replace('/', '_')}.json"  # noqa: E731
+                todo = {k: name for k, name in checkpoints.items() if not path(name).is_file()}
+                if path(setting).is_file() and not todo:
                     continue
                 fb, target = feedback(kind, q, wrong)
                 exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt]}.", fb)
@@ -112,27 +121,47 @@ def main() -> None:
                 if el.anchor_weight and anchors is None:
                     anchors = trainer.anchor_pairs()
                 t0 = time.time()
-                res = trainer.learn([exp])
-                p_after = option_probs(trainer.model, tok,
-                                       [[{"role": "user", "content": format_mc(q)}]])[0]
+                trajectory: list[dict] = []
+
+                def record(name: str, step: int, p_after, retention: dict) -> dict:  # noqa: ANN001
+                    gap = float(p_teacher[target] - p_s[target])
+                    gain = float(p_after[target] - p_s[target])
+                    rec = {"setting": name, "kind": kind, "id": q.id, "target": target,
+                           "attempt": attempt, "feedback": fb,
+                           "probs_before": [round(float(x), 4) for x in p_s],
+                           "probs_teacher": [round(float(x), 4) for x in p_teacher],
+                           "probs_after": [round(float(x), 4) for x in p_after],
+                           "p_before": float(p_s[target]), "p_teacher": float(p_teacher[target]),
+                           "p_after": float(p_after[target]), "gap": gap, "gain": gain,
+                           "transfer": gain / gap if abs(gap) > 1e-6 else None,
+                           "retention": retention, "steps": step,
+                           "trajectory": [t for t in trajectory if t["step"] <= step],
+                           "seconds": time.time() - t0}
+                    if name != setting:
+                        rec["measured_at"] = f"step {step} of the {setting} run"
+                    path(name).write_text(json.dumps(rec, indent=1))
+                    print(f"{name:>13} {kind:>11} {q.id:<40} P {rec['p_before']:.2f} -> "
+                          f"{rec['p_after']:.2f} (teacher {rec['p_teacher']:.2f}) in {step} steps, "
+                          f"retention {retention['accuracy_change'] * 100:+.1f} pts KL "
+                          f"{retention['mean_kl']:.3f}, {rec['seconds']:.0f}s", flush=True)
+                    return rec
+
+                def on_step(state, m) -> None:  # noqa: ANN001
+                    p_now = option_probs(m, tok, [msgs(q)])[0]
+                    trajectory.append({"step": state.step, "p_target": float(p_now[target]),
+                                       "divergence": state.divergence,
+                                       "anchor_divergence": state.anchor_divergence})
+                    if state.step in todo:
+                        ret = compare(baseline, probe_logprobs(m, tok, probes), probes)
+                        record(todo.pop(state.step), state.step, p_now, ret.to_dict())
+
+                res = trainer.learn([exp], callback=on_step)
+                p_after = option_probs(trainer.model, tok, [msgs(q)])[0]
+                for name in todo.values():  # stopped before the checkpoint: same final state
+                    record(name, res.steps, p_after, res.retention.to_dict())
+                if not path(setting).is_file():
+                    record(setting, res.steps, p_after, res.retention.to_dict())
                 trainer.model.unload()
-                gap = float(p_teacher[target] - p_s[target])
-                gain = float(p_after[target] - p_s[target])
-                rec = {"setting": setting, "kind": kind, "id": q.id, "target": target,
-                       "attempt": attempt, "feedback": fb,
-                       "probs_before": [round(float(x), 4) for x in p_s],
-                       "probs_teacher": [round(float(x), 4) for x in p_teacher],
-                       "probs_after": [round(float(x), 4) for x in p_after],
-                       "p_before": float(p_s[target]), "p_teacher": float(p_teacher[target]),
-                       "p_after": float(p_after[target]), "gap": gap, "gain": gain,
-                       "transfer": gain / gap if abs(gap) > 1e-6 else None,
-                       "retention": res.retention.to_dict(), "steps": res.steps,
-                       "seconds": time.time() - t0}
-                rec_path.write_text(json.dumps(rec, indent=1))
-                print(f"{setting:>13} {kind:>11} {q.id:<40} P {rec['p_before']:.2f} -> "
-                      f"{rec['p_after']:.2f} (teacher {rec['p_teacher']:.2f}), retention "
-                      f"{res.retention.accuracy_change * 100:+.1f} pts KL "
-                      f"{res.retention.mean_kl:.3f}, {rec['seconds']:.0f}s", flush=True)
     summarize(out, args)
 
 

@@ -324,3 +324,41 @@ def test_neighbours_must_be_prompt_strings():
 
     with pytest.raises(ExperienceError, match="neighbours"):
         Experience("q", "a", "f", metadata={"neighbours": "Who wrote Hamlet?"})
+
+
+def test_step_callback_sees_every_step_and_can_stop_the_update(tiny_tokenizer):
+    from experiential.anchors import _pair
+    from conftest import build_tiny_model
+
+    anchor = _pair(tiny_tokenizer, [{"role": "user", "content": "What is 2+2?"}], "The answer is D.")
+    trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
+                                  cfg(max_steps=6, anchor_weight=1.0, anchor_per_step=1),
+                                  anchor_pairs=[anchor])
+    seen = []
+
+    def on_step(state, model):
+        seen.append((state.step, state.n_steps, state.anchor_divergence, model.training))
+        return state.step == 4
+
+    result = trainer.learn([EXP], callback=on_step)
+    assert [s[0] for s in seen] == [1, 2, 3, 4] and all(s[1] == 6 for s in seen)
+    assert result.steps == 4 and result.stopped_early
+    assert not any(s[3] for s in seen)  # scored in eval mode
+    # the anchors start at the original model (no drift) and the update then pulls them away
+    assert result.anchor_divergences == [s[2] for s in seen]
+    assert abs(result.anchor_divergences[0]) < 1e-6 and max(result.anchor_divergences) > 1e-4
+
+
+def test_retention_reports_expected_accuracy_and_per_question_kl():
+    from experiential.retention import compare
+    from experiential.tasks.mc import MCQuestion
+
+    qs = [MCQuestion("q1", ["a", "b"], 0), MCQuestion("q2", ["a", "b"], 1)]
+    before = torch.tensor([[0.6, 0.4], [0.45, 0.55]]).log()
+    after = torch.tensor([[0.6, 0.4], [0.55, 0.45]]).log()  # only q2 moves, and its argmax flips
+    r = compare(before, after, qs)
+    assert r.accuracy_before == 1.0 and r.accuracy_after == 0.5
+    assert r.p_correct_before == pytest.approx((0.6 + 0.55) / 2)
+    assert r.p_correct_after == pytest.approx((0.6 + 0.45) / 2)
+    assert r.per_probe_kl[0] == pytest.approx(0.0, abs=1e-6) and r.per_probe_kl[1] > 0.01
+    assert r.mean_kl == pytest.approx(sum(r.per_probe_kl) / 2, abs=1e-4)

@@ -41,6 +41,12 @@ class Retention:
     """Mean over chat prompts of the per-token KL(original || updated), in nats, on the original
     model's own greedy answer to each prompt."""
     chat_max_kl: float | None = None
+    p_correct_before: float | None = None
+    """Mean probability of the right letter before: the expected accuracy. Unlike the argmax
+    accuracy, it does not jump when a near-tie flips, so a small real change shows through."""
+    p_correct_after: float | None = None
+    per_probe_kl: list[float] | None = None
+    """KL per probe question, in the probe order (which questions moved, for reports)."""
 
     @property
     def accuracy_change(self) -> float:
@@ -53,7 +59,10 @@ class Retention:
         fmt = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
         return (f"retention on {self.n} unrelated questions: accuracy "
                 f"{self.accuracy_before:.1%} -> {self.accuracy_after:.1%} "
-                f"({self.accuracy_change * 100:+.1f} points), mean KL {self.mean_kl:.4f} nats "
+                f"({self.accuracy_change * 100:+.1f} points"
+                + (f"; mean P(right letter) {self.p_correct_before:.3f} -> "
+                   f"{self.p_correct_after:.3f}" if self.p_correct_before is not None else "")
+                + f"), mean KL {self.mean_kl:.4f} nats "
                 f"(max {self.max_kl:.3f}); letter mass {fmt(self.letter_mass_before)} -> "
                 f"{fmt(self.letter_mass_after)}"
                 + (f"; on {self.chat_n} chat prompts: mean per-token KL {self.chat_mean_kl:.4f} "
@@ -83,7 +92,10 @@ def compare(before: torch.Tensor, after: torch.Tensor,
         accuracy_after=float((after.argmax(-1) == answers).float().mean()),
         mean_kl=float(kl.mean()), max_kl=float(kl.max()),
         letter_mass_before=[round(float(x), 4) for x in before.exp().mean(0)],
-        letter_mass_after=[round(float(x), 4) for x in after.exp().mean(0)])
+        letter_mass_after=[round(float(x), 4) for x in after.exp().mean(0)],
+        p_correct_before=float(before.exp().gather(1, answers[:, None]).mean()),
+        p_correct_after=float(after.exp().gather(1, answers[:, None]).mean()),
+        per_probe_kl=[round(float(k), 5) for k in kl])
 
 
 def chat_probe_pairs(model: Any, tok: Any, prompts: Sequence[str | list],

@@ -32,7 +32,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -65,11 +65,15 @@ class LearnResult:
     retention: Retention | None
     losses: list[float]
     divergences: list[float]
+    """Mean per-token divergence on the step's experience pairs, before the step's update."""
     student_tokens: int
     seconds: float
     config: dict[str, Any]
     adapter_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    anchor_divergences: list[float] = field(default_factory=list)
+    """Mean per-token KL(original || student) on the step's replay anchors, before the step's
+    update: how far the update had pulled unrelated prompts when the anchors pulled back."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class LearnResult:
             "gaps_after": [g.to_dict() for g in self.gaps_after],
             "retention": self.retention.to_dict() if self.retention else None,
             "losses": self.losses, "divergences": self.divergences,
+            "anchor_divergences": self.anchor_divergences,
             "student_tokens": self.student_tokens, "seconds": self.seconds,
             "tokens_per_second": self.student_tokens / max(self.seconds, 1e-9),
             "config": self.config, "adapter_path": self.adapter_path, **self.extra}
@@ -106,6 +111,22 @@ class LearnResult:
         if self.adapter_path:
             lines.append(f"adapter saved to {self.adapter_path}")
         return "\n".join(lines)
+
+
+@dataclass
+class StepState:
+    """What a step callback sees after each optimizer step (numbers from before the update)."""
+
+    step: int
+    n_steps: int
+    loss: float
+    divergence: float
+    anchor_divergence: float | None
+
+
+StepCallback = Callable[[StepState, Any], "bool | None"]
+"""``callback(state, model)`` after every optimizer step, with the model in eval mode; return
+True to stop the update there (a custom stop rule), e.g. to score a checkpoint mid-update."""
 
 
 class ExperientialTrainer:
@@ -192,7 +213,9 @@ class ExperientialTrainer:
         return self._chat_probes
 
     # -- the update ----------------------------------------------------------------------------
-    def learn(self, experiences: Sequence[Experience]) -> LearnResult:
+    def learn(self, experiences: Sequence[Experience], *,
+              callback: StepCallback | None = None) -> LearnResult:
+        """One EL update on ``experiences``. ``callback``: see :data:`StepCallback`."""
         cfg, model, tok = self.cfg, self.model, self.tok
         if not experiences:
             raise ValueError("no experiences to learn from")
@@ -240,7 +263,8 @@ class ExperientialTrainer:
         # Half of each step's anchors are the experiences' neighbours (when there are any).
         n_neighbour = min(len(neighbours), math.ceil(cfg.anchor_per_step / 2))
         n_generic = min(len(anchors), cfg.anchor_per_step - n_neighbour)
-        losses, divergences, tokens = [], [], 0
+        losses, divergences, anchor_divs, tokens = [], [], [], 0
+        anchored = bool((anchors or neighbours) and cfg.anchor_weight > 0)
         stopped_early, step = False, 0
         on_policy = cfg.response == "samples" and cfg.objective == "self_distill"
         model.train()
@@ -256,7 +280,7 @@ class ExperientialTrainer:
                 stream = _cycle(pairs, cfg.seed + step)
                 model.train()
             batch = [next(stream) for _ in range(min(cfg.batch_size, len(pairs)))]
-            step_loss, step_div, step_tokens = 0.0, 0.0, 0
+            step_loss, step_div, step_tokens, anchor_div = 0.0, 0.0, 0, 0.0
             mb = min(cfg.micro_batch_size, math.ceil(len(batch) / world))  # work for every rank
             micros = [batch[i:i + mb] for i in range(0, len(batch), mb)]
             for micro in micros[rank::world]:  # round-robin; all of them on a single process
@@ -266,7 +290,7 @@ class ExperientialTrainer:
                 step_loss += float(loss.detach()) * len(micro) / len(batch)
                 step_div += metrics.get("divergence", float("nan")) * len(micro) / len(batch)
                 step_tokens += sum(len(p.student) for p in micro)
-            if (anchors or neighbours) and cfg.anchor_weight > 0:
+            if anchored:
                 drawn = [next(neighbour_stream) for _ in range(n_neighbour)] + \
                     [next(anchor_stream) for _ in range(n_generic)]
                 if mine := drawn[rank::world]:
@@ -274,10 +298,12 @@ class ExperientialTrainer:
                     share = _n_response(mine) / _n_response(drawn)
                     per_token, _ = distill_loss(model, mine, cfg, self.teacher, tok.pad_token_id)
                     (cfg.anchor_weight * per_token.mean() * share).backward()
-                    step_loss += cfg.anchor_weight * float(per_token.mean().detach()) * share
+                    anchor_div = float(per_token.mean().detach()) * share
+                    step_loss += cfg.anchor_weight * anchor_div
                     step_tokens += sum(len(p.student) for p in mine)
             # the whole batch's gradient and numbers, on every rank (as they are, on one process)
-            step_loss, step_div, step_tokens = sum_step(params, step_loss, step_div, step_tokens)
+            step_loss, step_div, step_tokens, anchor_div = sum_step(
+                params, step_loss, step_div, step_tokens, anchor_div)
             tokens += int(step_tokens)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
@@ -285,9 +311,19 @@ class ExperientialTrainer:
             opt.zero_grad(set_to_none=True)
             losses.append(step_loss)
             divergences.append(step_div)
+            if anchored:
+                anchor_divs.append(anchor_div)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}", div=f"{step_div:.4f}")
+            if callback is not None:
+                model.eval()
+                stop = callback(StepState(step, n_steps, step_loss, step_div,
+                                           anchor_div if anchored else None), model)
+                model.train()
+                if stop:
+                    stopped_early = step < n_steps
+                    break
             if (cfg.stop_kl is not None and step_div == step_div and step_div < cfg.stop_kl
                     and step_div < cfg.stop_kl_fraction * divergences[0]):
                 stopped_early = step < n_steps
@@ -303,7 +339,8 @@ class ExperientialTrainer:
         self.result = LearnResult(
             steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
-            retention=retention, losses=losses, divergences=divergences, student_tokens=tokens,
+            retention=retention, losses=losses, divergences=divergences,
+            anchor_divergences=anchor_divs, student_tokens=tokens,
             seconds=time.perf_counter() - start, config=cfg.to_dict(),
             extra=_extra(experiences, cfg) | ({"neighbour_anchors": [
                 {"experience_id": p.experience_id, "prompt": p.prompt_text,
