@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -122,6 +123,7 @@ def main() -> None:
                     anchors = trainer.anchor_pairs()
                 t0 = time.time()
                 trajectory: list[dict] = []
+                scoring = [0.0]  # seconds spent scoring earlier checkpoints (not the update's)
 
                 def record(name: str, step: int, p_after, retention: dict) -> dict:  # noqa: ANN001
                     gap = float(p_teacher[target] - p_s[target])
@@ -136,7 +138,7 @@ def main() -> None:
                            "transfer": gain / gap if abs(gap) > 1e-6 else None,
                            "retention": retention, "steps": step,
                            "trajectory": [t for t in trajectory if t["step"] <= step],
-                           "seconds": time.time() - t0}
+                           "seconds": time.time() - t0 - scoring[0]}
                     if name != setting:
                         rec["measured_at"] = f"step {step} of the {setting} run"
                     path(name).write_text(json.dumps(rec, indent=1))
@@ -152,8 +154,10 @@ def main() -> None:
                                        "divergence": state.divergence,
                                        "anchor_divergence": state.anchor_divergence})
                     if state.step in todo:
+                        t1 = time.time()
                         ret = compare(baseline, probe_logprobs(m, tok, probes), probes)
                         record(todo.pop(state.step), state.step, p_now, ret.to_dict())
+                        scoring[0] += time.time() - t1
 
                 res = trainer.learn([exp], callback=on_step)
                 p_after = option_probs(trainer.model, tok, [msgs(q)])[0]
@@ -179,6 +183,9 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
         col = lambda k: [x[k] for x in rs]  # noqa: E731
         acc = [100 * x["retention"]["accuracy_change"] for x in rs]
         kl = [x["retention"]["mean_kl"] for x in rs]
+        # expected accuracy (mean P of the right letter): older records do not have it
+        pc = [100 * (x["retention"]["p_correct_after"] - x["retention"]["p_correct_before"])
+              for x in rs if x["retention"].get("p_correct_before") is not None]
         gaps = sum(col("gap"))
         rows.append({
             "setting": setting, "kind": kind, "n": len(rs),
@@ -194,6 +201,9 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             "retention_worst_acc_change_pts": min(acc),
             "retention_updates_losing_over_1pt": sum(a < -1.0 for a in acc) / len(acc),
             "retention_kl": statistics.mean(kl), "retention_kl_max": max(kl),
+            "retention_p_correct_change_pts": statistics.mean(pc) if pc else None,
+            "retention_p_correct_sem": _sem(pc) if pc else None, "retention_p_correct_n": len(pc),
+            "steps": statistics.mean(col("steps")),
             "retention_n": rs[0]["retention"]["n"], "seconds": statistics.mean(col("seconds"))})
     command = (f"python bench/specificity.py --model {args.model} --n {args.n} --retention-n "
                f"{args.retention_n} --retention-max-tokens {args.retention_max_tokens} "
@@ -206,33 +216,78 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
              f"{rows[0]['retention_n'] if rows else '?'} MMLU questions from other subjects, "
              f"scored before and after every update. Transfer = total gain / total in-context "
              f"gap. ± is the standard error over updates. Command: `{command}`.\n",
-             "| setting | feedback | updates | P(target) before -> after | teacher | transfer | "
-             "target is argmax after | retention accuracy change: mean ± se, worst, share "
-             "of updates losing > 1 pt | retention KL: mean, max | s/update |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | feedback | updates | steps | P(target) before -> after | teacher | "
+             "transfer | target is argmax after | retention accuracy change: mean ± se, worst, "
+             "share of updates losing > 1 pt | retention mean P(right letter) change | retention "
+             "KL: mean, max | s/update |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['transfer']:.2f}" if r["transfer"] is not None else "-"
         am = f"{r['target_argmax_after']:.0%}" if r["target_argmax_after"] is not None else "-"
-        lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {r['p_before']:.3f} -> "
+        pc = "-" if r["retention_p_correct_change_pts"] is None else (
+            f"{r['retention_p_correct_change_pts']:+.2f} ± {r['retention_p_correct_sem']:.2f} pts"
+            + (f" (n={r['retention_p_correct_n']})" if r["retention_p_correct_n"] != r["n"]
+               else ""))
+        lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {r['steps']:.1f} | "
+                     f"{r['p_before']:.3f} -> "
                      f"{r['p_after']:.3f} ± {r['p_after_sem']:.3f} | {r['p_teacher']:.3f} | {tr} "
                      f"| {am} | {r['retention_acc_change_pts']:+.2f} ± "
                      f"{r['retention_acc_sem']:.2f} pts, {r['retention_worst_acc_change_pts']:+.1f}"
-                     f", {r['retention_updates_losing_over_1pt']:.0%} | {r['retention_kl']:.4f}, "
-                     f"{r['retention_kl_max']:.3f} | {r['seconds']:.0f} |")
+                     f", {r['retention_updates_losing_over_1pt']:.0%} | {pc} | "
+                     f"{r['retention_kl']:.4f}, {r['retention_kl_max']:.3f} | "
+                     f"{r['seconds']:.0f} |")
+    curve = steps_to_transfer(recs)
+    if curve:
+        lines += ["", "Steps each update needed, from the per-step P(target) of the longest runs "
+                  "(the question scored after every step): the first step at which the update had "
+                  "moved P(target) by the given share of its in-context gap.", "",
+                  "| feedback | updates | share of the gap | median steps | reached by step 8 | "
+                  "by 12 | by 16 |", "|---|---|---|---|---|---|---|"]
+        for c in curve:
+            lines.append(f"| {c['kind']} | {c['n']} | {c['share']:.0%} | {c['median']} | "
+                         f"{c['by'][8]:.0%} | {c['by'][12]:.0%} | {c['by'][16]:.0%} |")
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out.parent / (out.name + ".png"), rows, recs)
 
 
+def steps_to_transfer(recs: list[dict], shares: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
+    """Per feedback kind: how many steps the updates needed to move P(target) by a share of the
+    in-context gap, from the longest trajectory recorded per question."""
+    longest: dict[tuple[str, str], dict] = {}
+    for r in recs:
+        key = (r["kind"], r["id"])
+        if r.get("trajectory") and len(r["trajectory"]) > len(longest.get(key, {}).get(
+                "trajectory", [])):
+            longest[key] = r
+    out = []
+    for kind in sorted({k for k, _ in longest}):
+        rs = [r for (k, _), r in longest.items() if k == kind]
+        for share in shares:
+            first = []
+            for r in rs:
+                goal = r["p_before"] + share * r["gap"]
+                hit = [t["step"] for t in r["trajectory"] if t["p_target"] >= goal]
+                first.append(hit[0] if hit else None)
+            median = statistics.median(math.inf if f is None else f for f in first)
+            out.append({"kind": kind, "n": len(rs), "share": share,
+                        "median": f"> {max(len(r['trajectory']) for r in rs)}"
+                        if median == math.inf else median,
+                        "by": {k: sum(f is not None and f <= k for f in first) / len(first)
+                               for k in (8, 12, 16)}})
+    return out
+
+
 def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
     """Left: mean P(target) before, with the feedback in context (teacher), and after the update.
-    Right: every update's gain against its retention KL on the unrelated questions."""
+    Middle: every update's gain against its retention KL on the unrelated questions. Right: the
+    transfer after each step of the longest runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4))
     labels = [f"{r['setting']}\n{r['kind']} (n={r['n']})" for r in rows]
     width = 0.27
     for k, (name, key) in enumerate((("before", "p_before"), ("teacher (in context)", "p_teacher"),
@@ -256,6 +311,22 @@ def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
     bx.set_ylabel("retention KL on unrelated questions (nats)")
     bx.legend(fontsize=8)
     bx.set_title("Every update: what moved vs what else moved", fontsize=10)
+    longest: dict[tuple[str, str], dict] = {}
+    for r in recs:  # the per-step P(target) of the longest run per question and kind
+        if len(r.get("trajectory") or []) > len(longest.get((r["kind"], r["id"]), {}).get(
+                "trajectory", [])):
+            longest[(r["kind"], r["id"])] = r
+    for kind in sorted({k for k, _ in longest}):
+        rs = [r for (k, _), r in longest.items() if k == kind]
+        n_steps = min(len(r["trajectory"]) for r in rs)
+        mean = [sum(r["trajectory"][i]["p_target"] - r["p_before"] for r in rs) /
+                sum(r["gap"] for r in rs) for i in range(n_steps)]
+        cx.plot(range(1, n_steps + 1), mean, marker=".", label=f"{kind} (n={len(rs)})")
+    cx.axhline(0.9, color="grey", lw=0.5, ls="--")
+    cx.set_xlabel("optimizer step")
+    cx.set_ylabel("transfer so far (total gain / total gap)")
+    cx.legend(fontsize=8)
+    cx.set_title("Transfer step by step", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -100,3 +100,12 @@ def running(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture()
+def model_dir(tiny_model, tiny_tokenizer, tmp_path):
+    """The tiny model and tokenizer saved as a local model directory (what the CLI loads)."""
+    d = tmp_path / "tiny"
+    tiny_model.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return str(d)

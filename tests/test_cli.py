@@ -14,14 +14,6 @@ FAST = ["--max-steps", "2", "--no-retention", "--anchor-weight", "0", "--lora-r"
 
 
 @pytest.fixture()
-def model_dir(tiny_model, tiny_tokenizer, tmp_path):
-    d = tmp_path / "tiny"
-    tiny_model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture()
 def exps_file(tmp_path):
     p = tmp_path / "e.jsonl"
     save_jsonl([Experience("What is 2+2?", "The answer is 5.", "Wrong, it is 4.", id="a"),

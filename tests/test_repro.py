@@ -18,14 +18,6 @@ from experiential.tasks.stages import Stages, StaleStagesError, provenance_markd
 from test_feedback_critic import TASK, fast, ok, stub
 
 
-@pytest.fixture()
-def model_dir(tiny_model, tiny_tokenizer, tmp_path):
-    d = tmp_path / "tiny"
-    tiny_model.save_pretrained(d)
-    tiny_tokenizer.save_pretrained(d)
-    return str(d)
-
-
 # -- 1. data: a clear error, the hub only when asked -----------------------------------------------
 @pytest.mark.parametrize("experiment,missing", [("gsm8k", "gsm8k/test.jsonl"),
                                                 ("humaneval", "humaneval/HumanEval.jsonl.gz"),
