@@ -206,6 +206,10 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             "retention_p_correct_change_pts": statistics.mean(pc) if pc else None,
             "retention_p_correct_sem": _sem(pc) if pc else None, "retention_p_correct_n": len(pc),
             "steps": statistics.mean(col("steps")),
+            # the "answer B to everything" failure: the largest gain of one letter's mean mass
+            "retention_letter_gain": statistics.mean(max(
+                a - b for a, b in zip(x["retention"]["letter_mass_after"],
+                                      x["retention"]["letter_mass_before"])) for x in rs),
             "retention_n": rs[0]["retention"]["n"], "seconds": statistics.mean(col("seconds"))})
     # the records come from several invocations (settings, kinds, subsets); each keeps its own
     commands = sorted({r["command"] for r in recs if "command" in r})
@@ -221,8 +225,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
              "| setting | feedback | updates | steps | P(target) before -> after | teacher | "
              "transfer | target is argmax after | retention accuracy change: mean ± se, worst, "
              "share of updates losing > 1 pt | retention mean P(right letter) change | retention "
-             "KL: mean, max | s/update |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "KL: mean, max | largest letter-mass gain | s/update |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['transfer']:.2f}" if r["transfer"] is not None else "-"
         am = f"{r['target_argmax_after']:.0%}" if r["target_argmax_after"] is not None else "-"
@@ -237,7 +241,7 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                      f"{r['retention_acc_sem']:.2f} pts, {r['retention_worst_acc_change_pts']:+.1f}"
                      f", {r['retention_updates_losing_over_1pt']:.0%} | {pc} | "
                      f"{r['retention_kl']:.4f}, {r['retention_kl_max']:.3f} | "
-                     f"{r['seconds']:.0f} |")
+                     f"{r['retention_letter_gain']:+.3f} | {r['seconds']:.0f} |")
     curve = steps_to_transfer(recs)
     if curve:
         lines += ["", "Steps each update needed, from the per-step P(target) of the longest runs "
