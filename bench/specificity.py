@@ -33,6 +33,9 @@ SETTINGS = {
     "lr5e-4": {"learning_rate": 5e-4},
     # epochs16 reaches the transfer target but loses 1.4 retention points: do more anchors hold it?
     "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16},
+    # replay anchors from the same distribution as the probes: MMLU *dev* questions (disjoint from
+    # the test-split probes), answered by the frozen model, plus the built-in chat anchors
+    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", "checkpoints": {8: "dev_anchors"}},
 }
 KINDS = ("letter", "explanation", "control")
 
@@ -89,22 +92,39 @@ def main() -> None:
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
     chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
     used = {q.subject for q in chosen}
-    if args.retention_max_tokens:
-        from experiential.tokens import context_ids
+    from experiential.tokens import context_ids
 
+    if args.retention_max_tokens:
         short = [q for q in pool if len(context_ids(
             tok, [{"role": "user", "content": format_mc(q)}])) <= args.retention_max_tokens]
     else:
         short = pool
     probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
     baseline = probe_logprobs(model, tok, probes)
-    anchors = None
+    anchor_sets: dict[str, list] = {}
+
+    def anchor_set(name: str) -> list:
+        """Replay anchors answered by the base model (call before a trainer wraps it)."""
+        if name not in anchor_sets:
+            from experiential.anchors import build_anchor_pairs, default_anchor_prompts
+
+            mc, chat = default_anchor_prompts()
+            if name == "mmlu_dev":
+                dev = [q for q in load_mmlu("dev", data_dir=args.data_dir)
+                       if len(q.choices) == 4 and len(context_ids(tok, msgs(q))) <= 192]
+                mc = [msgs(q) for q in dev]
+                print(f"anchors: {len(dev)} MMLU dev questions + the built-in chat prompts",
+                      flush=True)
+            anchor_sets[name] = build_anchor_pairs(model, tok, mc, chat)
+        return anchor_sets[name]
+
     msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
     for setting in args.settings.split(","):
         over = dict(SETTINGS[setting])
         # A checkpoint is another setting measured mid-run: with a constant learning rate, the
         # same seed and the same batches, step k of this run *is* the last step of a k-step run.
         checkpoints: dict[int, str] = over.pop("checkpoints", {})
+        which_anchors = over.pop("anchor_set", "builtin")
         el = ELConfig(progress=False).replace(**over)
         for q, p_s in list(zip(chosen, p_before))[:args.first or None]:
             attempt = int(p_s.argmax())
@@ -117,11 +137,9 @@ def main() -> None:
                 fb, target = feedback(kind, q, wrong)
                 exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt]}.", fb)
                 p_teacher = option_probs(model, tok, [teacher_messages(exp, el.context_design)])[0]
-                trainer = ExperientialTrainer(model, tok, el, probes=probes,
-                                              probe_baseline=baseline,
-                                              anchor_pairs=anchors if el.anchor_weight else [])
-                if el.anchor_weight and anchors is None:
-                    anchors = trainer.anchor_pairs()
+                trainer = ExperientialTrainer(
+                    model, tok, el, probes=probes, probe_baseline=baseline,
+                    anchor_pairs=anchor_set(which_anchors) if el.anchor_weight else [])
                 t0 = time.time()
                 trajectory: list[dict] = []
                 scoring = [0.0]  # seconds spent scoring earlier checkpoints (not the update's)
