@@ -362,3 +362,24 @@ def test_retention_reports_expected_accuracy_and_per_question_kl():
     assert r.p_correct_after == pytest.approx((0.6 + 0.45) / 2)
     assert r.per_probe_kl[0] == pytest.approx(0.0, abs=1e-6) and r.per_probe_kl[1] > 0.01
     assert r.mean_kl == pytest.approx(sum(r.per_probe_kl) / 2, abs=1e-4)
+
+
+def test_anchor_file_takes_multiple_choice_and_open_anchors(tiny_tokenizer, tmp_path):
+    from conftest import build_tiny_model
+
+    path = tmp_path / "anchors.jsonl"
+    path.write_text(json.dumps({"question": "Which is a fruit?", "choices": ["Apple", "Rock",
+                                                                            "Car", "Shoe"]}) + "\n"
+                    + json.dumps({"prompt": "Say hello."}) + "\n")
+    trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
+                                  cfg(anchor_weight=1.0, anchor_prompts=str(path)))
+    mc, open_ = trainer.anchor_pairs()
+    # the multiple-choice anchor is formatted with its options and answered with a letter
+    assert "A. Apple" in tiny_tokenizer.decode(mc.student.context)
+    assert mc.response_text in {f"The answer is {x}." for x in "ABCD"}
+    assert "Say hello." in tiny_tokenizer.decode(open_.student.context)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "No choices"}) + "\n")
+    with pytest.raises(ValueError, match="line 1: a multiple-choice anchor needs"):
+        ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
+                            cfg(anchor_weight=1.0, anchor_prompts=str(bad))).anchor_pairs()

@@ -39,17 +39,49 @@ def default_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
 
 
 def load_anchor_prompts(path: str | Path) -> list[list[Message]]:
-    out = []
+    """Open prompts (``{"prompt": text or messages}`` per line) from a JSONL file."""
     with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                p = json.loads(line).get("prompt")
-                if isinstance(p, str):
-                    p = [{"role": "user", "content": p}]
-                if not isinstance(p, list):
-                    raise ValueError(f"{path}, line {i}: expected a 'prompt' string or messages")
-                out.append(p)
+        return _parse_prompts(f.readlines(), path)
+
+
+def _parse_prompts(lines: Sequence[str], path: str | Path) -> list[list[Message]]:
+    out = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            p = json.loads(line).get("prompt")
+            if isinstance(p, str):
+                p = [{"role": "user", "content": p}]
+            if not isinstance(p, list):
+                raise ValueError(f"{path}, line {i}: expected a 'prompt' string or messages")
+            out.append(p)
     return out
+
+
+def load_anchor_file(path: str | Path) -> tuple[list[list[Message]], list[list[Message]]]:
+    """(multiple-choice prompts, open prompts) from a JSONL of anchors. A line with ``question``
+    and ``choices`` is a multiple-choice anchor (formatted as the probes and the benchmarks are,
+    answered with the frozen model's most likely letter); a line with ``prompt`` (text or chat
+    messages) is an open one."""
+    from .tasks.mc import MCQuestion, format_mc
+
+    mc: list[list[Message]] = []
+    with open(path, encoding="utf-8") as f:
+        lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+    for i, line in lines:
+        d = json.loads(line)
+        if "question" in d or "choices" in d:
+            try:
+                q = MCQuestion(question=d["question"], choices=list(d["choices"]),
+                               answer=int(d.get("answer", 0)))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}, line {i}: a multiple-choice anchor needs question and "
+                                 f"choices ({e})") from None
+            mc.append([{"role": "user", "content": format_mc(q)}])
+    open_lines = [line for _, line in lines if "prompt" in json.loads(line)]
+    chat = _parse_prompts(open_lines, path) if open_lines else []
+    if not mc and not chat:
+        raise ValueError(f"{path}: no anchors (lines need 'prompt', or 'question' and 'choices')")
+    return mc, chat
 
 
 def build_anchor_pairs(model: Any, tok: Any, mc_prompts: Sequence[list[Message]],

@@ -59,7 +59,8 @@ class ELConfig:
     they keep the update from spreading to neighbouring questions (:mod:`experiential.anchors`).
     Prompts in an experience's ``metadata["neighbours"]`` are always used this way."""
     anchor_prompts: Optional[str] = None
-    """JSONL of replay prompts (``{"prompt": ...}``); default: the built-in anchor set."""
+    """JSONL of replay anchors: ``{"prompt": ...}`` (open) or ``{"question", "choices"}``
+    (multiple choice); default: the built-in anchor set."""
     augment: str = "rotate_options"
     """``rotate_options``: for multiple-choice prompts, also learn the experience with its options
     rotated (letters in feedback and attempt follow), so no answer letter is learned as such.

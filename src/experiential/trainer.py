@@ -39,7 +39,7 @@ import torch
 from .augment import augment, parse_augment
 from .paraphrase import paraphrase
 from .reflection import reflect
-from .anchors import (build_anchor_pairs, default_anchor_prompts, load_anchor_prompts,
+from .anchors import (build_anchor_pairs, default_anchor_prompts, load_anchor_file,
                       neighbour_anchor_pairs)
 from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
@@ -189,7 +189,7 @@ class ExperientialTrainer:
                 self._anchor_pairs = []
             else:
                 if self.cfg.anchor_prompts:
-                    mc, chat = [], load_anchor_prompts(self.cfg.anchor_prompts)
+                    mc, chat = load_anchor_file(self.cfg.anchor_prompts)
                 else:
                     mc, chat = default_anchor_prompts()
                 with self.teacher.active() as m:
