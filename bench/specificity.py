@@ -33,6 +33,9 @@ SETTINGS = {
     "lr5e-4": {"learning_rate": 5e-4},
     # epochs16 reaches the transfer target but loses 1.4 retention points: do more anchors hold it?
     "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16},
+    # Adam's first step moves every LoRA weight by about lr whatever its gradient: the anchors'
+    # KL jumps to ~0.4 after step 1 and transfer stalls for ~5 steps. Ramp the rate over 4 steps.
+    "warmup4_epochs16": {"epochs": 16, "warmup_steps": 4, "checkpoints": {12: "warmup4_epochs12"}},
     # replay anchors from the same distribution as the probes: MMLU *dev* questions (disjoint from
     # the test-split probes), answered by the frozen model, plus the built-in chat anchors
     "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", "checkpoints": {8: "dev_anchors"}},
@@ -233,7 +236,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
     commands = sorted({r["command"] for r in recs if "command" in r})
     command = "; ".join(f"`{c}`" for c in commands) or "(not recorded)"
     (out.parent / (out.name + ".json")).write_text(json.dumps(
-        {"model": args.model, "commands": commands, "rows": rows, "records": recs}, indent=1))
+        {"model": args.model, "commands": commands, "rows": rows,
+         "paired_with_default": paired_with_default(recs), "records": recs}, indent=1))
     lines = ["# Single-experience EL: transfer and retention per specificity setting\n",
              f"Model `{args.model}`, MMLU test questions it gets wrong (seed {args.seed}); one EL "
              f"update per question and feedback kind, each from the base model. Retention on "
@@ -260,6 +264,18 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                      f", {r['retention_updates_losing_over_1pt']:.0%} | {pc} | "
                      f"{r['retention_kl']:.4f}, {r['retention_kl_max']:.3f} | "
                      f"{r['retention_letter_gain']:+.3f} | {r['seconds']:.0f} |")
+    pairs = paired_with_default(recs)
+    if pairs:
+        lines += ["", "Paired with `default` on the same questions (setting minus default, mean ± "
+                  "se over questions): the per-question noise (which near-ties a question's "
+                  "update happens to flip) cancels.", "",
+                  "| setting | feedback | questions | gain in P(target) | retention accuracy | "
+                  "retention mean P(right letter) | retention KL |", "|---|---|---|---|---|---|---|"]
+        for c in pairs:
+            lines.append(f"| {c['setting']} | {c['kind']} | {c['n']} | " + " | ".join(
+                f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
+                else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts" for k in ("gain", "acc", "pc", "kl"))
+                + " |")
     curve = steps_to_transfer(recs)
     if curve:
         lines += ["", "Steps each update needed, from the per-step P(target) of the longest runs "
@@ -273,6 +289,32 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out.parent / (out.name + ".png"), rows, recs)
+
+
+def paired_with_default(recs: list[dict]) -> list[dict]:
+    """Per non-default setting and kind: the mean per-question difference from ``default``."""
+    base = {(r["kind"], r["id"]): r for r in recs if r["setting"] == "default"}
+    groups: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
+    for r in recs:
+        if r["setting"] != "default" and (r["kind"], r["id"]) in base:
+            groups.setdefault((r["setting"], r["kind"]), []).append((r, base[(r["kind"], r["id"])]))
+
+    def pc(r: dict) -> float:
+        return 100 * (r["retention"]["p_correct_after"] - r["retention"]["p_correct_before"])
+
+    out = []
+    for (setting, kind), prs in sorted(groups.items()):
+        diffs = {
+            "gain": [a["gain"] - b["gain"] for a, b in prs],
+            "acc": [100 * (a["retention"]["accuracy_change"] - b["retention"]["accuracy_change"])
+                    for a, b in prs],
+            "pc": [pc(a) - pc(b) for a, b in prs
+                   if a["retention"].get("p_correct_before") is not None
+                   and b["retention"].get("p_correct_before") is not None] or [0.0],
+            "kl": [a["retention"]["mean_kl"] - b["retention"]["mean_kl"] for a, b in prs]}
+        out.append({"setting": setting, "kind": kind, "n": len(prs),
+                    **{k: (statistics.mean(v), _sem(v)) for k, v in diffs.items()}})
+    return out
 
 
 def steps_to_transfer(recs: list[dict], shares: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
