@@ -21,7 +21,7 @@ def test_feedback_kinds_point_at_the_right_target():
     assert feedback_for("control", q, 3, "E.") == ("The correct answer is D.", 3)
 
 
-def test_pipeline_writes_report_and_resumes(tiny_model, tiny_tokenizer, tmp_path):
+def test_pipeline_writes_report_and_resumes(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     el = ELConfig(max_steps=1, anchor_weight=0.0, progress=False, lora_r=2)
     cfg = ShiftConfig(n_questions=3, retention_n=4, kinds=("letter", "control"))
     load = lambda _: (tiny_model, tiny_tokenizer)  # noqa: E731
@@ -36,8 +36,16 @@ def test_pipeline_writes_report_and_resumes(tiny_model, tiny_tokenizer, tmp_path
     data = json.loads(stage.read_text())
     data["mean_p_target_after"] = 0.123
     stage.write_text(json.dumps(data))
+    # ... and so is the question selection: the pool is not rescored
+    import experiential.tasks.mmlu_shift as shift
+
+    def rescored(*a, **k):  # noqa: ANN002, ANN003
+        raise AssertionError("a resumed run rescored the question pool")
+
+    monkeypatch.setattr(shift, "questions_it_gets_wrong", rescored)
     again = run("tiny", tmp_path, cfg, el, questions=QS, probes=QS[:4], load=load)
     assert again["results"]["letter"]["mean_p_target_after"] == 0.123
+    assert again["questions"] == report["questions"]
 
 
 def test_control_claims_neither_the_answer_nor_the_attempt():

@@ -197,7 +197,17 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         if probes is None else []
     st = Stages(out, stage_args(model_name, cfg, el, source, given), restart=restart)
     model, tok = (load or (lambda m: load_model(m)))(model_name)
-    chosen, p_before = questions_it_gets_wrong(model, tok, questions, cfg.n_questions, cfg.seed)
+
+    def select() -> dict[str, list]:
+        chosen, p_before = questions_it_gets_wrong(model, tok, questions, cfg.n_questions,
+                                                   cfg.seed)
+        return {"ids": [q.id for q in chosen], "p_before": [p.tolist() for p in p_before]}
+
+    # A stage like the others, so a resumed run does not rescore the pool to find them again.
+    selection = st.run("selection", select)
+    by_id = {q.id: q for q in questions}
+    chosen = [by_id[i] for i in selection["ids"]]
+    p_before = [torch.tensor(p) for p in selection["p_before"]]
     if probes is None:
         used = {q.subject for q in chosen}
         probes = sample_questions(pool, cfg.retention_n, cfg.seed + 1, exclude_subjects=used)
