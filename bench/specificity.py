@@ -22,23 +22,25 @@ import time
 from pathlib import Path
 
 SETTINGS = {
+    # the ELConfig defaults: 12 passes (12 steps for one experience), lr ramped over 4 steps
     "default": {},
     "no_controls": {"augment": "none", "anchor_weight": 0.0},
     "anchors_only": {"augment": "none"},
     "rotation_only": {"anchor_weight": 0.0},
-    # twice the default passes: more transfer, at what retention? Measured at step 8 too, which
-    # is the default's update (so one run gives both rows)
-    "epochs16": {"epochs": 16, "checkpoints": {8: "default"}},
-    "epochs12": {"epochs": 12},
+    # The defaults until 2026-11-25 (8 passes, no warmup), and twice their passes, measured at
+    # step 8 too (one run gives both rows: with a constant rate, step k of a run is the last step
+    # of a k-step run). Records made before the switch were renamed: default -> epochs8_nowarmup,
+    # epochs16 -> epochs16_nowarmup, warmup4_epochs12 -> default (field "renamed_from").
+    "epochs8_nowarmup": {"epochs": 8, "warmup_steps": 0},
+    "epochs16_nowarmup": {"epochs": 16, "warmup_steps": 0, "checkpoints": {8: "epochs8_nowarmup"}},
     "lr5e-4": {"learning_rate": 5e-4},
-    # epochs16 reaches the transfer target but loses 1.4 retention points: do more anchors hold it?
+    # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
+    # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and the default (step 12) on the way.
+    "warmup4_epochs16": {"epochs": 16, "warmup_steps": 4, "checkpoints": {12: "default"}},
     "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16},
-    # Adam's first step moves every LoRA weight by about lr whatever its gradient: the anchors'
-    # KL jumps to ~0.4 after step 1 and transfer stalls for ~5 steps. Ramp the rate over 4 steps.
-    "warmup4_epochs16": {"epochs": 16, "warmup_steps": 4, "checkpoints": {12: "warmup4_epochs12"}},
     # replay anchors from the same distribution as the probes: MMLU *dev* questions (disjoint from
     # the test-split probes), answered by the frozen model, plus the built-in chat anchors
-    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", "checkpoints": {8: "dev_anchors"}},
+    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", "checkpoints": {12: "dev_anchors"}},
 }
 KINDS = ("letter", "explanation", "control")
 
@@ -278,14 +280,15 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                 + " |")
     curve = steps_to_transfer(recs)
     if curve:
-        lines += ["", "Steps each update needed, from the per-step P(target) of the longest runs "
-                  "(the question scored after every step): the first step at which the update had "
+        lines += ["", "Steps each update needed, from the per-step P(target) of whole runs (the "
+                  "question scored after every step): the first step at which the update had "
                   "moved P(target) by the given share of its in-context gap.", "",
-                  "| feedback | updates | share of the gap | median steps | reached by step 8 | "
-                  "by 12 | by 16 |", "|---|---|---|---|---|---|---|"]
+                  "| setting | feedback | updates | share of the gap | median steps | reached by "
+                  "step 8 | by 12 | by 16 |", "|---|---|---|---|---|---|---|---|"]
         for c in curve:
-            lines.append(f"| {c['kind']} | {c['n']} | {c['share']:.0%} | {c['median']} | "
-                         f"{c['by'][8]:.0%} | {c['by'][12]:.0%} | {c['by'][16]:.0%} |")
+            by = " | ".join("-" if c["by"][k] is None else f"{c['by'][k]:.0%}" for k in (8, 12, 16))
+            lines.append(f"| {c['setting']} | {c['kind']} | {c['n']} | {c['share']:.0%} | "
+                         f"{c['median']} | {by} |")
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(out.parent / (out.name + ".png"), rows, recs)
@@ -317,18 +320,22 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
     return out
 
 
-def steps_to_transfer(recs: list[dict], shares: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
-    """Per feedback kind: how many steps the updates needed to move P(target) by a share of the
-    in-context gap, from the longest trajectory recorded per question."""
-    longest: dict[tuple[str, str], dict] = {}
+def full_runs(recs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Per setting and kind, the records of whole runs (not checkpoints) with per-step
+    P(target)."""
+    out: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
-        key = (r["kind"], r["id"])
-        if r.get("trajectory") and len(r["trajectory"]) > len(longest.get(key, {}).get(
-                "trajectory", [])):
-            longest[key] = r
+        if r.get("trajectory") and "measured_at" not in r:
+            out.setdefault((r["setting"], r["kind"]), []).append(r)
+    return out
+
+
+def steps_to_transfer(recs: list[dict], shares: tuple[float, ...] = (0.5, 0.9)) -> list[dict]:
+    """Per setting and feedback kind: how many steps the updates needed to move P(target) by a
+    share of the in-context gap."""
     out = []
-    for kind in sorted({k for k, _ in longest}):
-        rs = [r for (k, _), r in longest.items() if k == kind]
+    for (setting, kind), rs in sorted(full_runs(recs).items()):
+        length = min(len(r["trajectory"]) for r in rs)
         for share in shares:
             first = []
             for r in rs:
@@ -336,18 +343,17 @@ def steps_to_transfer(recs: list[dict], shares: tuple[float, ...] = (0.5, 0.9)) 
                 hit = [t["step"] for t in r["trajectory"] if t["p_target"] >= goal]
                 first.append(hit[0] if hit else None)
             median = statistics.median(math.inf if f is None else f for f in first)
-            out.append({"kind": kind, "n": len(rs), "share": share,
-                        "median": f"> {max(len(r['trajectory']) for r in rs)}"
-                        if median == math.inf else median,
+            out.append({"setting": setting, "kind": kind, "n": len(rs), "share": share,
+                        "median": f"> {length}" if median == math.inf else median,
                         "by": {k: sum(f is not None and f <= k for f in first) / len(first)
-                               for k in (8, 12, 16)}})
+                               if k <= length else None for k in (8, 12, 16)}})
     return out
 
 
 def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
     """Left: mean P(target) before, with the feedback in context (teacher), and after the update.
     Middle: every update's gain against its retention KL on the unrelated questions. Right: the
-    transfer after each step of the longest runs."""
+    transfer after each step of whole runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,17 +383,11 @@ def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
     bx.set_ylabel("retention KL on unrelated questions (nats)")
     bx.legend(fontsize=8)
     bx.set_title("Every update: what moved vs what else moved", fontsize=10)
-    longest: dict[tuple[str, str], dict] = {}
-    for r in recs:  # the per-step P(target) of the longest run per question and kind
-        if len(r.get("trajectory") or []) > len(longest.get((r["kind"], r["id"]), {}).get(
-                "trajectory", [])):
-            longest[(r["kind"], r["id"])] = r
-    for kind in sorted({k for k, _ in longest}):
-        rs = [r for (k, _), r in longest.items() if k == kind]
+    for (setting, kind), rs in sorted(full_runs(recs).items()):
         n_steps = min(len(r["trajectory"]) for r in rs)
         mean = [sum(r["trajectory"][i]["p_target"] - r["p_before"] for r in rs) /
                 sum(r["gap"] for r in rs) for i in range(n_steps)]
-        cx.plot(range(1, n_steps + 1), mean, marker=".", label=f"{kind} (n={len(rs)})")
+        cx.plot(range(1, n_steps + 1), mean, marker=".", label=f"{setting} / {kind} (n={len(rs)})")
     cx.axhline(0.9, color="grey", lw=0.5, ls="--")
     cx.set_xlabel("optimizer step")
     cx.set_ylabel("transfer so far (total gain / total gap)")
