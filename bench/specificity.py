@@ -99,9 +99,9 @@ def main() -> None:
     used = {q.subject for q in chosen}
     from experiential.tokens import context_ids
 
+    msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
     if args.retention_max_tokens:
-        short = [q for q in pool if len(context_ids(
-            tok, [{"role": "user", "content": format_mc(q)}])) <= args.retention_max_tokens]
+        short = [q for q in pool if len(context_ids(tok, msgs(q))) <= args.retention_max_tokens]
     else:
         short = pool
     probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
@@ -123,11 +123,11 @@ def main() -> None:
             anchor_sets[name] = build_anchor_pairs(model, tok, mc, chat)
         return anchor_sets[name]
 
-    msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
     for setting in args.settings.split(","):
         over = dict(SETTINGS[setting])
-        # A checkpoint is another setting measured mid-run: with a constant learning rate, the
-        # same seed and the same batches, step k of this run *is* the last step of a k-step run.
+        # A checkpoint is another setting measured mid-run: the learning-rate schedule does not
+        # depend on the run's length, so with the same seed and batches step k of this run *is*
+        # the last step of a k-step run.
         checkpoints: dict[int, str] = over.pop("checkpoints", {})
         which_anchors = over.pop("anchor_set", "builtin")
         el = ELConfig(progress=False).replace(**over)
@@ -275,7 +275,7 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                   "retention mean P(right letter) | retention KL |", "|---|---|---|---|---|---|---|"]
         for c in pairs:
             lines.append(f"| {c['setting']} | {c['kind']} | {c['n']} | " + " | ".join(
-                f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
+                "-" if c[k] is None else f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
                 else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts" for k in ("gain", "acc", "pc", "kl"))
                 + " |")
     curve = steps_to_transfer(recs)
@@ -313,10 +313,11 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
                     for a, b in prs],
             "pc": [pc(a) - pc(b) for a, b in prs
                    if a["retention"].get("p_correct_before") is not None
-                   and b["retention"].get("p_correct_before") is not None] or [0.0],
+                   and b["retention"].get("p_correct_before") is not None],
             "kl": [a["retention"]["mean_kl"] - b["retention"]["mean_kl"] for a, b in prs]}
         out.append({"setting": setting, "kind": kind, "n": len(prs),
-                    **{k: (statistics.mean(v), _sem(v)) for k, v in diffs.items()}})
+                    # older records lack expected accuracy: no pairs, no number
+                    **{k: (statistics.mean(v), _sem(v)) if v else None for k, v in diffs.items()}})
     return out
 
 

@@ -40,21 +40,22 @@ def default_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
 
 def load_anchor_prompts(path: str | Path) -> list[list[Message]]:
     """Open prompts (``{"prompt": text or messages}`` per line) from a JSONL file."""
+    return [_prompt(d, path, i) for i, d in _json_lines(path)]
+
+
+def _json_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, parsed object) for every non-blank line."""
     with open(path, encoding="utf-8") as f:
-        return _parse_prompts(f.readlines(), path)
+        return [(i, json.loads(line)) for i, line in enumerate(f, 1) if line.strip()]
 
 
-def _parse_prompts(lines: Sequence[str], path: str | Path) -> list[list[Message]]:
-    out = []
-    for i, line in enumerate(lines, 1):
-        if line.strip():
-            p = json.loads(line).get("prompt")
-            if isinstance(p, str):
-                p = [{"role": "user", "content": p}]
-            if not isinstance(p, list):
-                raise ValueError(f"{path}, line {i}: expected a 'prompt' string or messages")
-            out.append(p)
-    return out
+def _prompt(d: dict, path: str | Path, line: int) -> list[Message]:
+    p = d.get("prompt")
+    if isinstance(p, str):
+        p = [{"role": "user", "content": p}]
+    if not isinstance(p, list):
+        raise ValueError(f"{path}, line {line}: expected a 'prompt' string or messages")
+    return p
 
 
 def load_anchor_file(path: str | Path) -> tuple[list[list[Message]], list[list[Message]]]:
@@ -65,10 +66,8 @@ def load_anchor_file(path: str | Path) -> tuple[list[list[Message]], list[list[M
     from .tasks.mc import MCQuestion, format_mc
 
     mc: list[list[Message]] = []
-    with open(path, encoding="utf-8") as f:
-        lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
-    for i, line in lines:
-        d = json.loads(line)
+    chat: list[list[Message]] = []
+    for i, d in _json_lines(path):
         if "question" in d or "choices" in d:
             try:
                 q = MCQuestion(question=d["question"], choices=list(d["choices"]),
@@ -77,8 +76,8 @@ def load_anchor_file(path: str | Path) -> tuple[list[list[Message]], list[list[M
                 raise ValueError(f"{path}, line {i}: a multiple-choice anchor needs question and "
                                  f"choices ({e})") from None
             mc.append([{"role": "user", "content": format_mc(q)}])
-    open_lines = [line for _, line in lines if "prompt" in json.loads(line)]
-    chat = _parse_prompts(open_lines, path) if open_lines else []
+        if "prompt" in d:
+            chat.append(_prompt(d, path, i))
     if not mc and not chat:
         raise ValueError(f"{path}: no anchors (lines need 'prompt', or 'question' and 'choices')")
     return mc, chat

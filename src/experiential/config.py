@@ -88,8 +88,8 @@ class ELConfig:
     min(batch_size, n_pairs))`` steps. One experience (3 rotated pairs) gets 12 steps; twenty get
     90. One pass over twenty MMLU experiences moved P(true answer) only .24 -> .27 on
     Qwen2.5-Coder-0.5B (``reports/mmlu``), so the default counts passes, not steps. On single
-    MMLU letter experiences (``bench/specificity.py``, 7-9 questions) 8 passes transferred 0.62 of
-    the in-context gap, 12 (with the warmup) 0.94, at no measurable retention cost."""
+    MMLU letter experiences (``bench/specificity.py``) 8 passes transferred 0.62 of the in-context
+    gap (9 questions), 12 with the warmup 0.84 (8 of them), at no measurable retention cost."""
     max_steps: Optional[int] = None
     """If set, exactly this many optimizer steps, whatever ``epochs`` says (as in
     ``transformers.TrainingArguments``). Each step sees ``batch_size`` pairs, accumulated in chunks
