@@ -20,7 +20,8 @@ EXP = Experience("What is the capital of France?", "The answer is A.",
 
 def cfg(**kw):
     base = dict(max_steps=3, batch_size=2, micro_batch_size=1, learning_rate=5e-3, progress=False,
-                retention=False, anchor_weight=0.0, stop_kl=None, lora_r=4, lora_alpha=8)
+                retention=False, anchor_weight=0.0, stop_kl=None, stop_min_epochs=0, lora_r=4,
+                lora_alpha=8)
     base.update(kw)
     return ELConfig(**base)
 
@@ -122,6 +123,30 @@ def test_early_stop_when_gap_closed(tiny_model, tiny_tokenizer):
     result = trainer.learn([EXP])
     assert result.stopped_early and result.steps < 200
     assert result.divergences[-1] < 0.05
+
+
+def test_early_stop_waits_for_the_minimum_passes(tiny_model, tiny_tokenizer):
+    # The rule would end this update at its first steps (1e6 and a generous fraction); the
+    # minimum number of passes holds it off: one experience, one pair per step, 5 passes.
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer,
+                                  cfg(max_steps=20, stop_kl=1e6, stop_kl_fraction=0.99,
+                                      stop_min_epochs=5, batch_size=1))
+    result = trainer.learn([EXP])
+    assert result.stopped_early and result.steps == 5
+
+
+def test_early_stop_averages_over_a_pass():
+    # With many experiences a batch of easy ones has a small divergence while the others still
+    # have a gap: one such batch must not end the update; a whole pass below the rule does.
+    from experiential.trainer import _gap_closed
+
+    rule = ELConfig(stop_kl=0.05, stop_kl_fraction=0.15)
+    first_pass = [0.5, 0.3]  # two steps per pass
+    assert not _gap_closed(first_pass + [0.5, 0.01], 2, rule)  # last pass averages 0.255
+    assert _gap_closed(first_pass + [0.5, 0.055, 0.035], 2, rule)  # last pass averages 0.045
+    assert not _gap_closed(first_pass + [0.3, 0.06, 0.045], 2, rule)  # 0.0525
+    assert not _gap_closed([0.2, 0.1, 0.04, 0.04], 2, rule)  # < 0.05 but not < 0.15 * 0.15
+    assert _gap_closed([0.5, 0.04], 1, rule) and not _gap_closed([0.04], 1, rule)
 
 
 def test_early_stop_is_relative_to_the_starting_divergence(tiny_model, tiny_tokenizer):

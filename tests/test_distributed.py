@@ -29,7 +29,8 @@ import torch
 # the single-process run at step 4 of 6 (divergence 3.98, 3.64, 3.27, 2.90 < 0.8 * 3.98).
 CONFIG = dict(max_steps=6, batch_size=3, micro_batch_size=1, learning_rate=5e-3, lora_r=4,
               lora_alpha=8, anchor_weight=1.0, anchor_per_step=3, augment="none", retention=False,
-              stop_kl=1e6, stop_kl_fraction=0.8, warmup_steps=0, progress=False)
+              stop_kl=1e6, stop_kl_fraction=0.8, stop_min_epochs=0, warmup_steps=0,
+              progress=False)
 
 
 def worker(out: Path) -> None:

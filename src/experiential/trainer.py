@@ -271,6 +271,7 @@ class ExperientialTrainer:
         bar = _progress(n_steps, cfg.progress)
         rank, world = rank_and_world()
         steps_per_pass = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        min_steps = math.ceil(cfg.stop_min_epochs * len(pairs) / min(cfg.batch_size, len(pairs)))
         for step in range(1, n_steps + 1):
             if on_policy and step > 1 and (step - 1) % steps_per_pass == 0:
                 # On-policy: after each pass, the student (as it is now) samples fresh responses.
@@ -324,8 +325,8 @@ class ExperientialTrainer:
                 if stop:
                     stopped_early = step < n_steps
                     break
-            if (cfg.stop_kl is not None and step_div == step_div and step_div < cfg.stop_kl
-                    and step_div < cfg.stop_kl_fraction * divergences[0]):
+            if cfg.stop_kl is not None and step >= min_steps and \
+                    _gap_closed(divergences, steps_per_pass, cfg):
                 stopped_early = step < n_steps
                 break
         if bar is not None:
@@ -401,6 +402,17 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="EL update", unit="step")
+
+
+def _gap_closed(divergences: list[float], steps_per_pass: int, cfg: ELConfig) -> bool:
+    """The stop rule: the mean divergence over the last pass over the data is below ``stop_kl``
+    and below ``stop_kl_fraction`` of the first pass's. Averaged over a pass, because with many
+    experiences one batch of easy ones would otherwise end the update early."""
+    if len(divergences) < steps_per_pass:
+        return False
+    recent = sum(divergences[-steps_per_pass:]) / steps_per_pass
+    first = sum(divergences[:steps_per_pass]) / steps_per_pass
+    return recent == recent and recent < cfg.stop_kl and recent < cfg.stop_kl_fraction * first
 
 
 def learn(model: Any, tokenizer: Any, experiences: Sequence[Experience],
