@@ -21,28 +21,40 @@ import sys
 import time
 from pathlib import Path
 
+# The stop rule before 2026-11-26 (it never ended a single-letter update early).
+OLD_STOP = {"stop_kl": 0.02, "stop_kl_fraction": 0.1}
 SETTINGS = {
-    # the ELConfig defaults: 12 passes (12 steps for one experience), lr ramped over 4 steps
+    # the ELConfig defaults: at most 16 passes (16 steps for one experience), lr ramped over 4
+    # steps, stopped once the divergence on the experience has fallen below 0.05 and 0.15 of
+    # its first value, but not before 12 passes
     "default": {},
+    # the same stop rule allowed to end the update at any step (the default for a few hours of
+    # 2026-11-26: it ends updates near the peak of their drift on unrelated prompts)
+    "stop_anytime": {"stop_min_epochs": 0},
     "no_controls": {"augment": "none", "anchor_weight": 0.0},
     "anchors_only": {"augment": "none"},
     "rotation_only": {"anchor_weight": 0.0},
-    # The defaults until 2026-11-25 (8 passes, no warmup), and twice their passes, measured at
-    # step 8 too (one run gives both rows: with a constant rate, step k of a run is the last step
-    # of a k-step run). Records made before the switch were renamed: default -> epochs8_nowarmup,
-    # epochs16 -> epochs16_nowarmup, warmup4_epochs12 -> default (field "renamed_from").
-    "epochs8_nowarmup": {"epochs": 8, "warmup_steps": 0},
-    "epochs16_nowarmup": {"epochs": 16, "warmup_steps": 0, "checkpoints": {8: "epochs8_nowarmup"}},
+    # Earlier defaults: 8 passes without warmup (until 2026-11-25), then 12 passes with a 4-step
+    # warmup (until 2026-11-26), and 16 passes; step 8 and step 12 of the 16-step runs are
+    # measured too (one run gives both rows: with a constant rate, step k of a run is the last
+    # step of a k-step run). Records were renamed when the default changed (field
+    # "renamed_from").
+    "epochs8_nowarmup": {"epochs": 8, "warmup_steps": 0, **OLD_STOP},
+    "epochs12": {"epochs": 12, **OLD_STOP},
+    "epochs16_nowarmup": {"epochs": 16, "warmup_steps": 0, **OLD_STOP,
+                          "checkpoints": {8: "epochs8_nowarmup"}},
     "lr5e-4": {"learning_rate": 5e-4},
     # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
-    # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and the default (step 12) on the way.
-    "warmup4_epochs16": {"epochs": 16, "warmup_steps": 4, "checkpoints": {12: "default"}},
-    "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16},
+    # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and 12 on the way.
+    "warmup4_epochs16": {"epochs": 16, **OLD_STOP, "checkpoints": {12: "epochs12"}},
+    "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16, **OLD_STOP},
     # replay anchors from the same distribution as the probes: MMLU *dev* questions (disjoint from
     # the test-split probes), answered by the frozen model, plus the built-in chat anchors
-    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", "checkpoints": {12: "dev_anchors"}},
+    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", **OLD_STOP,
+                      "checkpoints": {12: "dev_anchors"}},
 }
 KINDS = ("letter", "explanation", "control")
+DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
 
 
 def feedback(kind: str, q, wrong: int) -> tuple[str, int]:  # noqa: ANN001
@@ -69,10 +81,16 @@ def main() -> None:
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "specificity"))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--summarize-only", action="store_true",
                     help="write the report from the records so far (e.g. after stopping a run)")
+    ap.add_argument("--embed-into",
+                    help="also copy the tables into this report, between its '<!-- results: "
+                         "bench/results/specificity.md -->' and '<!-- /results -->' markers "
+                         "(default: reports/specificity.md when --out is the default)")
     args = ap.parse_args()
+    if args.embed_into is None and Path(args.out) == DEFAULT_OUT:
+        args.embed_into = str(Path(__file__).parents[1] / "reports" / "specificity.md")
     if args.summarize_only:
         summarize(Path(args.out), args)
         return
@@ -228,7 +246,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             "retention_kl": statistics.mean(kl), "retention_kl_max": max(kl),
             "retention_p_correct_change_pts": statistics.mean(pc) if pc else None,
             "retention_p_correct_sem": _sem(pc) if pc else None, "retention_p_correct_n": len(pc),
-            "steps": statistics.mean(col("steps")),
+            "steps": statistics.mean(col("steps")), "steps_range": (min(col("steps")),
+                                                                   max(col("steps"))),
             # the "answer B to everything" failure: the largest gain of one letter's mean mass
             "retention_letter_gain": statistics.mean(max(
                 a - b for a, b in zip(x["retention"]["letter_mass_after"],
@@ -258,7 +277,7 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             f"{r['retention_p_correct_change_pts']:+.2f} ± {r['retention_p_correct_sem']:.2f} pts"
             + (f" (n={r['retention_p_correct_n']})" if r["retention_p_correct_n"] != r["n"]
                else ""))
-        lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {r['steps']:.1f} | "
+        lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {steps_cell(r)} | "
                      f"{r['p_before']:.3f} -> "
                      f"{r['p_after']:.3f} ± {r['p_after_sem']:.3f} | {r['p_teacher']:.3f} | {tr} "
                      f"| {am} | {r['retention_acc_change_pts']:+.2f} ± "
@@ -290,8 +309,27 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             lines.append(f"| {c['setting']} | {c['kind']} | {c['n']} | {c['share']:.0%} | "
                          f"{c['median']} | {by} |")
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
+    if getattr(args, "embed_into", ""):
+        embed(Path(args.embed_into), "\n".join(lines[lines.index(next(
+            x for x in lines if x.startswith("| setting |"))):]))
     print("\n".join(lines))
     plot(out.parent / (out.name + ".png"), rows, recs)
+
+
+def embed(report: Path, tables: str) -> None:
+    """Replace the text between the report's results markers with ``tables``."""
+    start, end = "<!-- results: bench/results/specificity.md -->", "<!-- /results -->"
+    text = report.read_text() if report.is_file() else ""
+    if start not in text or end not in text:
+        return
+    head, rest = text.split(start, 1)
+    report.write_text(head + start + "\n" + tables.strip() + "\n" + end + rest.split(end, 1)[1])
+
+
+def steps_cell(row: dict) -> str:
+    """Mean steps, and their range when a stop rule made them differ between updates."""
+    low, high = row["steps_range"]
+    return f"{row['steps']:.1f}" + (f" ({low}-{high})" if low != high else "")
 
 
 def paired_with_default(recs: list[dict]) -> list[dict]:
@@ -323,11 +361,18 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
 
 def full_runs(recs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """Per setting and kind, the records of whole runs (not checkpoints) with per-step
-    P(target)."""
+    P(target). A run the stop rule ended early keeps its last P(target) for the steps it did not
+    take (the model no longer changes), so every run of a group has the group's longest length."""
     out: dict[tuple[str, str], list[dict]] = {}
     for r in recs:
         if r.get("trajectory") and "measured_at" not in r:
             out.setdefault((r["setting"], r["kind"]), []).append(r)
+    for rs in out.values():
+        length = max(len(r["trajectory"]) for r in rs)
+        for i, r in enumerate(rs):
+            t = r["trajectory"]
+            rs[i] = {**r, "trajectory": t + [{**t[-1], "step": k, "stopped": True}
+                                             for k in range(len(t) + 1, length + 1)]}
     return out
 
 
@@ -369,7 +414,7 @@ def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
                label=name, yerr=[r["p_after_sem"] for r in rows] if key == "p_after" else None,
                capsize=3)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xticklabels(labels, fontsize=7, rotation=20, ha="right")
     ax.set_ylabel("mean P(target)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
