@@ -253,7 +253,7 @@ class ExperientialTrainer:
         chat = self.chat_probes()
 
         n_steps = cfg.max_steps if cfg.max_steps is not None else \
-            max(1, math.ceil(cfg.epochs * len(pairs) / min(cfg.batch_size, len(pairs))))
+            max(1, _steps(cfg.epochs, len(pairs), cfg.batch_size))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -271,7 +271,7 @@ class ExperientialTrainer:
         bar = _progress(n_steps, cfg.progress)
         rank, world = rank_and_world()
         steps_per_pass = max(1, math.ceil(len(pairs) / cfg.batch_size))
-        min_steps = math.ceil(cfg.stop_min_epochs * len(pairs) / min(cfg.batch_size, len(pairs)))
+        min_steps = _steps(cfg.stop_min_epochs, len(pairs), cfg.batch_size)
         for step in range(1, n_steps + 1):
             if on_policy and step > 1 and (step - 1) % steps_per_pass == 0:
                 # On-policy: after each pass, the student (as it is now) samples fresh responses.
@@ -402,6 +402,11 @@ def _progress(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="EL update", unit="step")
+
+
+def _steps(passes: float, n_pairs: int, batch_size: int) -> int:
+    """Optimizer steps for ``passes`` passes over ``n_pairs`` pairs (a step sees at most all)."""
+    return math.ceil(passes * n_pairs / min(batch_size, n_pairs))
 
 
 def _gap_closed(divergences: list[float], steps_per_pass: int, cfg: ELConfig) -> bool:
