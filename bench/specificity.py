@@ -414,7 +414,7 @@ def plot(path: Path, rows: list[dict], recs: list[dict]) -> None:
                label=name, yerr=[r["p_after_sem"] for r in rows] if key == "p_after" else None,
                capsize=3)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=7, rotation=20, ha="right")
+    ax.set_xticklabels(labels, fontsize=7, rotation=40, ha="right")
     ax.set_ylabel("mean P(target)")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
