@@ -310,8 +310,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                          f"{c['median']} | {by} |")
     (out.parent / (out.name + ".md")).write_text("\n".join(lines) + "\n")
     if getattr(args, "embed_into", ""):
-        embed(Path(args.embed_into), "\n".join(lines[lines.index(next(
-            x for x in lines if x.startswith("| setting |"))):]))
+        first_table = next(i for i, x in enumerate(lines) if x.startswith("| setting |"))
+        embed(Path(args.embed_into), "\n".join(lines[first_table:]))
     print("\n".join(lines))
     plot(out.parent / (out.name + ".png"), rows, recs)
 

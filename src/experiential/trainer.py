@@ -270,7 +270,7 @@ class ExperientialTrainer:
         model.train()
         bar = _progress(n_steps, cfg.progress)
         rank, world = rank_and_world()
-        steps_per_pass = max(1, math.ceil(len(pairs) / cfg.batch_size))
+        steps_per_pass = _steps(1, len(pairs), cfg.batch_size)
         min_steps = _steps(cfg.stop_min_epochs, len(pairs), cfg.batch_size)
         for step in range(1, n_steps + 1):
             if on_policy and step > 1 and (step - 1) % steps_per_pass == 0:
