@@ -293,7 +293,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                   "| setting | feedback | questions | gain in P(target) | retention accuracy | "
                   "retention mean P(right letter) | retention KL |", "|---|---|---|---|---|---|---|"]
         for c in pairs:
-            lines.append(f"| {c['setting']} | {c['kind']} | {c['n']} | " + " | ".join(
+            n = f"{c['n']}" + (f" ({c['same_run']} the same run)" if c["same_run"] else "")
+            lines.append(f"| {c['setting']} | {c['kind']} | {n} | " + " | ".join(
                 "-" if c[k] is None else f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
                 else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts" for k in ("gain", "acc", "pc", "kl"))
                 + " |")
@@ -353,7 +354,10 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
                    if a["retention"].get("p_correct_before") is not None
                    and b["retention"].get("p_correct_before") is not None],
             "kl": [a["retention"]["mean_kl"] - b["retention"]["mean_kl"] for a, b in prs]}
-        out.append({"setting": setting, "kind": kind, "n": len(prs),
+        # a default derived from this setting's run (``derived_from``) pairs a run with itself
+        same = sum(a.get("probs_after", 0) == b.get("probs_after", 1)
+                   and a["retention"]["mean_kl"] == b["retention"]["mean_kl"] for a, b in prs)
+        out.append({"setting": setting, "kind": kind, "n": len(prs), "same_run": same,
                     # older records lack expected accuracy: no pairs, no number
                     **{k: (statistics.mean(v), _sem(v)) if v else None for k, v in diffs.items()}})
     return out
