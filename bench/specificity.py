@@ -44,6 +44,10 @@ SETTINGS = {
     "epochs16_nowarmup": {"epochs": 16, "warmup_steps": 0, **OLD_STOP,
                           "checkpoints": {8: "epochs8_nowarmup"}},
     "lr5e-4": {"learning_rate": 5e-4},
+    # a higher cap on passes: the stop rule still ends the update, so only updates that ran the
+    # default's 16 passes without the rule holding run longer (up to step 16 they are the
+    # default's run: same seed, batches and constant rate)
+    "epochs24": {"epochs": 24},
     # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
     # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and 12 on the way.
     "warmup4_epochs16": {"epochs": 16, **OLD_STOP, "checkpoints": {12: "epochs12"}},
@@ -72,6 +76,10 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=0,
                     help="run only the first K of the --n questions (same questions and retention "
                          "probes as the full run; e.g. extra settings on a subset)")
+    ap.add_argument("--ids", default="",
+                    help="run only these of the --n questions, comma-separated MMLU ids, each "
+                         "optionally prefixed by a feedback kind ('letter:anatomy/114'), e.g. "
+                         "another setting on the updates the default left short")
     ap.add_argument("--retention-n", type=int, default=200)
     ap.add_argument("--retention-max-tokens", type=int, default=192,
                     help="probe questions longer than this (prompt tokens) are not sampled: the "
@@ -91,6 +99,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.embed_into is None and Path(args.out) == DEFAULT_OUT:
         args.embed_into = str(Path(__file__).parents[1] / "reports" / "specificity.md")
+    bad = [x for x in args.ids.split(",") if ":" in x and x.split(":")[0].strip() not in KINDS]
+    if bad:
+        ap.error(f"--ids: unknown feedback kind in {', '.join(bad)} (kinds: {', '.join(KINDS)})")
     if args.summarize_only:
         summarize(Path(args.out), args)
         return
@@ -115,6 +126,10 @@ def main() -> None:
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
     chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
     used = {q.subject for q in chosen}
+    only = {x.strip() for x in args.ids.split(",") if x.strip()}
+    unknown = {x.split(":")[-1] for x in only} - {q.id for q in chosen[:args.first or None]}
+    if unknown:
+        raise SystemExit(f"--ids: not among the chosen questions: {', '.join(sorted(unknown))}")
     from experiential.tokens import context_ids
 
     msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
@@ -153,6 +168,8 @@ def main() -> None:
             attempt = int(p_s.argmax())
             wrong = control_letter(q.id, q.answer, attempt)
             for kind in args.kinds.split(","):
+                if only and q.id not in only and f"{kind}:{q.id}" not in only:
+                    continue
                 path = lambda name: out / "records" / f"{name}__{kind}__{q.id.replace('/', '_')}.json"  # noqa: E731
                 todo = {k: name for k, name in checkpoints.items() if not path(name).is_file()}
                 if path(setting).is_file() and not todo:
