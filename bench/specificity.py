@@ -99,7 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.embed_into is None and Path(args.out) == DEFAULT_OUT:
         args.embed_into = str(Path(__file__).parents[1] / "reports" / "specificity.md")
-    bad = [x for x in args.ids.split(",") if ":" in x and x.split(":")[0].strip() not in KINDS]
+    only = {x.strip() for x in args.ids.split(",") if x.strip()}  # "id" or "kind:id"
+    bad = [x for x in only if ":" in x and x.split(":")[0] not in KINDS]
     if bad:
         ap.error(f"--ids: unknown feedback kind in {', '.join(bad)} (kinds: {', '.join(KINDS)})")
     if args.summarize_only:
@@ -126,7 +127,6 @@ def main() -> None:
     pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
     chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
     used = {q.subject for q in chosen}
-    only = {x.strip() for x in args.ids.split(",") if x.strip()}
     unknown = {x.split(":")[-1] for x in only} - {q.id for q in chosen[:args.first or None]}
     if unknown:
         raise SystemExit(f"--ids: not among the chosen questions: {', '.join(sorted(unknown))}")
