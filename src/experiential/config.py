@@ -106,7 +106,7 @@ class ELConfig:
     accuracy against 12, so the stop rule ends each update between 12 and 16. On 50 questions 3
     slow updates were still rising at 16 passes; a cap of 24 finished them (transfer 0.96 ->
     0.98 over the 50) but one then biased unrelated questions .18 toward a letter the feedback
-    never named, and every 16-pass update already had the true answer as its argmax."""
+    never named, and every 16-pass letter update already had the true answer as its argmax."""
     max_steps: Optional[int] = None
     """If set, exactly this many optimizer steps, whatever ``epochs`` says (as in
     ``transformers.TrainingArguments``). Each step sees ``batch_size`` pairs, accumulated in chunks
