@@ -118,7 +118,7 @@ def main() -> None:
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc, sample_questions
     from experiential.tasks.mmlu_shift import control_letter, questions_it_gets_wrong
-    from experiential.trainer import ExperientialTrainer
+    from experiential.trainer import ExperientialTrainer, LearnResult
 
     out = Path(args.out)
     (out / "records").mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,8 @@ def main() -> None:
                 trajectory: list[dict] = []
                 scoring = [0.0]  # seconds spent scoring earlier checkpoints (not the update's)
 
-                def record(name: str, step: int, p_after, retention: dict) -> dict:  # noqa: ANN001
+                def record(name: str, step: int, p_after, retention: dict,  # noqa: ANN001
+                           res: LearnResult | None = None) -> dict:
                     gap = float(p_teacher[target] - p_s[target])
                     gain = float(p_after[target] - p_s[target])
                     rec = {"setting": name, "kind": kind, "id": q.id, "target": target,
@@ -201,6 +202,13 @@ def main() -> None:
                            "command": "python bench/specificity.py " + " ".join(sys.argv[1:])}
                     if name != setting:
                         rec["measured_at"] = f"step {step} of the {setting} run"
+                    if res is not None:
+                        # per pair (the question and its rotations): the stop rule sees only
+                        # their mean, which can close while the question's own wording lags
+                        rec["pair_divergence"] = [
+                            {"experience_id": b.experience_id, "before": round(b.divergence, 4),
+                             "after": round(a.divergence, 4)}
+                            for b, a in zip(res.gaps_before, res.gaps_after)]
                     path(name).write_text(json.dumps(rec, indent=1))
                     print(f"{name:>13} {kind:>11} {q.id:<40} P {rec['p_before']:.2f} -> "
                           f"{rec['p_after']:.2f} (teacher {rec['p_teacher']:.2f}) in {step} steps, "
@@ -222,9 +230,9 @@ def main() -> None:
                 res = trainer.learn([exp], callback=on_step)
                 p_after = option_probs(trainer.model, tok, [msgs(q)])[0]
                 for name in todo.values():  # stopped before the checkpoint: same final state
-                    record(name, res.steps, p_after, res.retention.to_dict())
+                    record(name, res.steps, p_after, res.retention.to_dict(), res)
                 if not path(setting).is_file():
-                    record(setting, res.steps, p_after, res.retention.to_dict())
+                    record(setting, res.steps, p_after, res.retention.to_dict(), res)
                 trainer.model.unload()
     summarize(out, args)
 
