@@ -3,9 +3,10 @@
 The specificity benchmark distils on the attempt "The answer is X." (five tokens) and its stop rule
 reads the mean divergence over them. This scores, on the base model, the per-token divergence of
 the student from the teacher (the configured one: forward KL over the vocabulary) for chosen
-benchmark questions, with the explanation feedback as the benchmark words it and reworded, plus the
-teacher's and student's P(true letter) at the letter position (renormalised over " A".." D"), and
-the teacher's top tokens where the divergence is largest.
+benchmark questions, with the explanation feedback as the benchmark words it and reworded (and the
+letter feedback, for comparison), plus the teacher's and student's P(true letter) at the letter
+position (renormalised over " A".." D"), and the teacher's top tokens where the divergence is
+largest.
 It reads the questions' attempts from the benchmark's records, so run that first.
 
     python bench/response_divergence.py college_chemistry/20 high_school_statistics/203
@@ -18,7 +19,8 @@ import json
 from pathlib import Path
 
 WORDINGS = {"benchmark": 'That is not right. The correct answer is "{text}".',
-            "reworded": 'That is not right. It is "{text}".'}
+            "reworded": 'That is not right. It is "{text}".',
+            "letter": "The correct answer is {letter}."}  # the benchmark's letter feedback
 RECORDS = Path(__file__).parent / "results" / "specificity" / "records"
 
 
@@ -55,7 +57,7 @@ def main() -> None:
         q, attempt = questions[qid], json.loads(record.read_text())["attempt"]
         for name, wording in WORDINGS.items():
             exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt]}.",
-                             wording.format(text=q.choices[q.answer]))
+                             wording.format(text=q.choices[q.answer], letter=q.letter))
             pair = make_pairs(tok, exp, [exp.attempt], cfg)[0]
             with torch.no_grad():
                 s = response_logits(model, student_batch([pair], tok.pad_token_id, "cpu"))
