@@ -41,6 +41,7 @@ def main() -> None:
     from experiential.objectives.base import TeacherModel, student_batch
     from experiential.objectives.divergence import token_divergence
     from experiential.objectives.self_distill import make_pairs
+    from experiential.scoring import DEFAULT_PREFIX, LETTER_OPTIONS, split_options
     from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc
     from experiential.tokens import response_logits
@@ -48,7 +49,8 @@ def main() -> None:
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
     questions = {q.id: q for q in load_mmlu("test", data_dir=args.data_dir)}
     cfg = ELConfig(progress=False)
-    letters = [tok(f" {c}", add_special_tokens=False)["input_ids"][0] for c in "ABCD"]
+    # the letters as they follow "The answer is" (checked to extend it token for token)
+    letters = [ids[0] for ids in split_options(tok, DEFAULT_PREFIX, LETTER_OPTIONS)[1]]
     rows = []
     for qid in args.ids:
         record = RECORDS / f"default__explanation__{qid.replace('/', '_')}.json"
@@ -65,18 +67,17 @@ def main() -> None:
                 per_token = token_divergence(s, t, cfg)
             tokens = [tok.decode([i]) for i in pair.student.response]
             at = next(i for i, x in enumerate(pair.student.response) if x in letters)
-            rows.append({
-                "id": qid, "wording": name, "feedback": exp.feedback, "tokens": tokens,
-                "divergence": [round(float(v), 4) for v in per_token],
-                "mean": round(float(per_token.mean()), 4),
-                "p_true_student": round(float(s[at, letters].softmax(-1)[q.answer]), 4),
-                "p_true_teacher": round(float(t[at, letters].softmax(-1)[q.answer]), 4)})
             worst = int(per_token.argmax())  # what the teacher wants where it differs most
             top = t[worst].softmax(-1).topk(3)
-            rows[-1]["teacher_top_where_most"] = {
-                "token": tokens[worst], "top": [[tok.decode([int(i)]), round(float(p), 4)]
-                                                for p, i in zip(top.values, top.indices)]}
-            r = rows[-1]
+            r = {"id": qid, "wording": name, "feedback": exp.feedback, "tokens": tokens,
+                 "divergence": [round(float(v), 4) for v in per_token],
+                 "mean": round(float(per_token.mean()), 4),
+                 "p_true_student": round(float(s[at, letters].softmax(-1)[q.answer]), 4),
+                 "p_true_teacher": round(float(t[at, letters].softmax(-1)[q.answer]), 4),
+                 "teacher_top_where_most": {
+                     "token": tokens[worst], "top": [[tok.decode([int(i)]), round(float(p), 4)]
+                                                     for p, i in zip(top.values, top.indices)]}}
+            rows.append(r)
             print(f"{qid:<30} {name:<9} mean {r['mean']:.2f}  " +
                   "  ".join(f"{x!r} {v:.2f}" for x, v in zip(tokens, r["divergence"])) +
                   f"  | P(true) student {r['p_true_student']:.2f} teacher "
