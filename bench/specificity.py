@@ -48,6 +48,9 @@ SETTINGS = {
     # default's 16 passes without the rule holding run longer (up to step 16 they are the
     # default's run: same seed, batches and constant rate)
     "epochs24": {"epochs": 24},
+    # distil only the answer letter of "The answer is X.", not the words before it: with
+    # explanation feedback the largest divergence is at " answer" (bench/response_divergence.py)
+    "answer_span": {"distill_span": "answer"},
     # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
     # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and 12 on the way.
     "warmup4_epochs16": {"epochs": 16, **OLD_STOP, "checkpoints": {12: "epochs12"}},

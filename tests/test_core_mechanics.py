@@ -408,3 +408,61 @@ def test_anchor_file_takes_multiple_choice_and_open_anchors(tiny_tokenizer, tmp_
     with pytest.raises(ValueError, match="line 1: a multiple-choice anchor needs"):
         ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
                             cfg(anchor_weight=1.0, anchor_prompts=str(bad))).anchor_pairs()
+
+
+def test_answer_span_is_the_final_answer():
+    from experiential.focus import answer_span
+
+    cases = {"The answer is D.": "D", "Let me think.\nThe answer is (B).": "B",
+             "3 + 4 = 7.\n#### 7": "7", "So we get \\boxed{18}.": "18",
+             "The answer: Paris\nThanks for asking": "Paris",
+             "An answer is B. No wait, the final answer is C.": "C"}
+    for text, want in cases.items():
+        span = answer_span(text)
+        assert span is not None and text[span[0]:span[1]] == want, (text, span)
+    assert answer_span("I don't know.") is None
+
+
+def _token_divergences(trainer, pair):
+    from experiential.objectives.self_distill import distill_loss
+
+    with torch.no_grad():
+        per_token, _ = distill_loss(trainer.model, [pair], trainer.cfg, trainer.teacher,
+                                    trainer.tok.pad_token_id)
+    return per_token
+
+
+def test_answer_span_distils_the_answer_and_leaves_the_words_before_it(tiny_tokenizer):
+    """With ``distill_span="answer"`` the loss sees only the answer token: it closes the
+    divergence there, and the words before it keep more of theirs than when the whole response
+    is distilled."""
+    from conftest import build_tiny_model
+    from experiential.objectives.base import Pair
+
+    others_after = {}
+    for span in ("answer", "response"):
+        trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=3),
+                                      tiny_tokenizer, cfg(max_steps=25, distill_span=span))
+        pair = trainer.objective.prepare(trainer.model, tiny_tokenizer, [EXP], trainer.cfg)[0]
+        if span == "answer":
+            focus = torch.tensor(pair.focus)
+            assert tiny_tokenizer.decode([t for t, f in zip(pair.student.response, pair.focus)
+                                          if f]).strip() == "A"
+        whole = Pair(pair.student, pair.teacher, pair.experience_id)  # every token
+        before = _token_divergences(trainer, whole)
+        trainer.learn([EXP])
+        after = _token_divergences(trainer, whole)
+        if span == "answer":
+            assert after[focus].sum() < 0.3 * before[focus].sum(), (before, after)
+        others_after[span] = float(after[~focus].mean())
+        others_before = float(before[~focus].mean())
+    assert others_before > 0.01
+    assert others_after["answer"] > 2 * others_after["response"], (others_before, others_after)
+
+
+def test_answer_span_warns_when_a_response_states_no_answer(tiny_model, tiny_tokenizer):
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(distill_span="answer"))
+    exp = Experience("What is the capital of France?", "Paris is the capital.", "Correct.")
+    with pytest.warns(UserWarning, match="1 of 1 responses state no answer"):
+        pairs = trainer.objective.prepare(tiny_model, tiny_tokenizer, [exp], trainer.cfg)
+    assert pairs[0].focus is None

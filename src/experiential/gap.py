@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import ELConfig
-from .objectives.base import Pair, TeacherModel, student_batch
+from .objectives.base import Pair, TeacherModel, focus_mask, student_batch
 from .objectives.divergence import token_divergence
 from .tokens import response_logits
 
@@ -23,9 +23,11 @@ from .tokens import response_logits
 class Gap:
     experience_id: str
     divergence: float
-    """Mean per-token divergence (the configured one) between teacher and student."""
+    """Mean per-token divergence (the configured one) between teacher and student, over the
+    tokens the loss uses (:attr:`Pair.focus`)."""
     position: int
-    """Response token index where the teacher's top token gains most over the student."""
+    """Response token index, among those the loss uses, where the teacher's top token gains most
+    over the student."""
     token: str
     p_teacher: float
     p_student: float
@@ -67,11 +69,14 @@ def measure_gaps(model: Any, tok: Any, pairs: Sequence[Pair], cfg: ELConfig,
             rows = torch.arange(len(top))
             gain = t_p[rows, top] - s_p[rows, top]
             resp_tokens = s_batch.response_tokens
-            for pair, idx in zip(chunk, torch.split(rows, [len(p.student.response) for p in chunk])):
+            focus = focus_mask(chunk, device)
+            for pair, all_idx in zip(chunk, torch.split(rows, [len(p.student.response)
+                                                               for p in chunk])):
+                idx = all_idx[focus[all_idx]]  # the tokens the loss uses
                 j = int(idx[gain[idx].argmax()])
                 gaps.append(Gap(
                     experience_id=pair.experience_id, divergence=float(div[idx].mean()),
-                    position=j - int(idx[0]), token=tok.decode([int(top[j])]),
+                    position=j - int(all_idx[0]), token=tok.decode([int(top[j])]),
                     p_teacher=float(t_p[j, top[j]]), p_student=float(s_p[j, top[j]]),
                     response_token=tok.decode([int(resp_tokens[j])])))
     finally:

@@ -29,10 +29,15 @@ class Pair:
     response_text: str = ""
     prompt_text: str = ""
     """The prompt, for reports (set for anchors the model wrote itself)."""
+    focus: list[bool] | None = None
+    """Response tokens the loss uses (:mod:`experiential.focus`); None: all of them."""
 
     def __post_init__(self) -> None:
         if self.student.response != self.teacher.response:
             raise ValueError("student and teacher must score the same response tokens")
+        if self.focus is not None and (len(self.focus) != len(self.student.response)
+                                       or not any(self.focus)):
+            raise ValueError("focus must mark at least one of the response tokens, one flag each")
 
 
 class Objective(Protocol):
@@ -108,3 +113,10 @@ class TeacherModel:
 
 def student_batch(pairs: Sequence[Pair], pad_id: int, device: Any) -> Batch:
     return collate([p.student for p in pairs], pad_id).to(device)
+
+
+def focus_mask(pairs: Sequence[Pair], device: Any) -> torch.Tensor:
+    """``[n_response_tokens]`` bool, in the flattened order of :func:`response_logits`: the
+    tokens each pair's loss uses."""
+    return torch.tensor([f for p in pairs for f in (p.focus or [True] * len(p.student.response))],
+                        dtype=torch.bool, device=device)

@@ -16,8 +16,8 @@ from ..context import teacher_messages
 from ..experience import Experience
 from ..generation import generate_ids
 from ..tokens import response_logits
-from .base import Pair, TeacherModel, student_batch
-from .self_distill import distill_loss, make_pairs
+from .base import Pair, TeacherModel, focus_mask, student_batch
+from .self_distill import distill_loss, make_pairs, warn_unfocused
 
 
 def revise(model: Any, tok: Any, experiences: Sequence[Experience],
@@ -40,6 +40,7 @@ class ReviseThenDistill:
         pairs: list[Pair] = []
         for exp, text in zip(experiences, revisions):
             pairs += make_pairs(tok, exp, [text], cfg)
+        warn_unfocused(pairs, cfg)
         return pairs
 
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
@@ -57,6 +58,7 @@ class SFT(ReviseThenDistill):
              pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
         s_batch = student_batch(pairs, pad_id, device)
-        logits = response_logits(model, s_batch)
-        nll = torch.nn.functional.cross_entropy(logits, s_batch.response_tokens)
+        keep = focus_mask(pairs, device)
+        logits = response_logits(model, s_batch)[keep]
+        nll = torch.nn.functional.cross_entropy(logits, s_batch.response_tokens[keep])
         return nll, {"nll": float(nll.detach())}

@@ -7,6 +7,7 @@ towards the teacher's, so the feedback text becomes a dense, per-token signal.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -14,15 +15,19 @@ import torch
 from ..config import ELConfig
 from ..context import student_messages, teacher_messages
 from ..experience import Experience
+from ..focus import answer_focus
 from ..generation import generate_ids
 from ..tokens import Sequence_, context_ids, response_ids, response_logits
-from .base import Pair, TeacherModel, student_batch
+from .base import Pair, TeacherModel, focus_mask, student_batch
 from .divergence import token_divergence
 
 
 def make_pairs(tok: Any, exp: Experience, responses: Sequence[str | list[int]],
                cfg: ELConfig) -> list[Pair]:
-    """Pairs for one experience; each response is text (tokenized on its own) or token ids."""
+    """Pairs for one experience; each response is text (tokenized on its own) or token ids.
+
+    With ``cfg.distill_span="answer"`` each pair's loss uses only its final answer's tokens; a
+    response that states no answer keeps all of them (its ``focus`` stays None)."""
     s_ctx = context_ids(tok, student_messages(exp))
     t_ctx = context_ids(tok, teacher_messages(exp, cfg.context_design, cfg.context_template))
     pairs = []
@@ -35,22 +40,40 @@ def make_pairs(tok: Any, exp: Experience, responses: Sequence[str | list[int]],
         if longest > cfg.max_length:
             raise ValueError(f"experience {exp.id}: {longest} tokens with the experience context, "
                              f"over max_length={cfg.max_length}")
+        focus = answer_focus(tok, resp) if cfg.distill_span == "answer" else None
         pairs.append(Pair(Sequence_(s_ctx, resp), Sequence_(t_ctx, resp), exp.id,
-                          response_text=text))
+                          response_text=text, focus=focus))
     return pairs
 
 
 def distill_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token divergence of the student from the teacher, ``[n_tokens]``, plus each token's
-    row index into ``pairs``."""
+    """Per-token divergence of the student from the teacher on the tokens in each pair's focus
+    (all response tokens unless :attr:`Pair.focus` says otherwise), ``[n_tokens]``, plus each
+    token's row index into ``pairs``."""
     device = next(model.parameters()).device
     s_batch = student_batch(pairs, pad_id, device)
     t_logits = teacher.pair_logits(pairs, pad_id, device)
     s_logits = response_logits(model, s_batch)
     per_token = token_divergence(s_logits, t_logits, cfg)
     rows = s_batch.response_mask.nonzero()[:, 0]
+    if any(p.focus is not None for p in pairs):
+        keep = focus_mask(pairs, device)
+        per_token, rows = per_token[keep], rows[keep]
     return per_token, rows
+
+
+def warn_unfocused(pairs: Sequence[Pair], cfg: ELConfig) -> None:
+    """Say how many responses stated no answer, so ``distill_span="answer"`` never silently
+    becomes whole-response distillation."""
+    if cfg.distill_span != "answer":
+        return
+    missing = [p for p in pairs if p.focus is None]
+    if missing:
+        warnings.warn(f"distill_span='answer': {len(missing)} of {len(pairs)} responses state no "
+                      f"answer (none of 'answer is', 'answer:', '####', '\\boxed{{'); those are "
+                      f"distilled over the whole response, e.g. {missing[0].response_text[-80:]!r}",
+                      stacklevel=3)
 
 
 class SelfDistill:
@@ -72,6 +95,7 @@ class SelfDistill:
         pairs: list[Pair] = []
         for exp, texts in zip(experiences, responses):
             pairs += make_pairs(tok, exp, texts, cfg)
+        warn_unfocused(pairs, cfg)
         return pairs
 
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
