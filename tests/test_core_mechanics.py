@@ -450,10 +450,14 @@ def test_answer_span_distils_the_answer_and_leaves_the_words_before_it(tiny_toke
                                           if f]).strip() == "A"
         whole = Pair(pair.student, pair.teacher, pair.experience_id)  # every token
         before = _token_divergences(trainer, whole)
-        trainer.learn([EXP])
+        result = trainer.learn([EXP])
         after = _token_divergences(trainer, whole)
         if span == "answer":
             assert after[focus].sum() < 0.3 * before[focus].sum(), (before, after)
+            # the gap report is about the distilled token too
+            assert result.gaps_before[0].response_token.strip() == "A"
+            assert result.gaps_before[0].divergence == pytest.approx(float(before[focus].mean()),
+                                                                     rel=1e-4)
         others_after[span] = float(after[~focus].mean())
         others_before = float(before[~focus].mean())
     assert others_before > 0.01
