@@ -421,6 +421,7 @@ def test_answer_span_is_the_final_answer():
         span = answer_span(text)
         assert span is not None and text[span[0]:span[1]] == want, (text, span)
     assert answer_span("I don't know.") is None
+    assert answer_span("I hope that helps answer it.") is None
 
 
 def _token_divergences(trainer, pair):

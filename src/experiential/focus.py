@@ -17,8 +17,9 @@ import re
 from typing import Any, Sequence
 
 # The last answer statement in a response; the answer runs from here to the end of its line.
-_MARKER = re.compile(r"####|\\boxed\{|\b(?:final answer|answer)\b\s*(?:is|:|=|would be|will be)?"
-                     r"\s*[:=]?", re.IGNORECASE)
+# "answer" counts only as "answer is/:/=" ("... helps answer it." states no answer).
+_MARKER = re.compile(r"####|\\boxed\{|\banswer\s*(?:is|would be|will be|[:=])\s*[:=]?",
+                     re.IGNORECASE)
 _LEAD = " \t*(\"'$"
 _TRAIL = " \t*.)!}\"'"
 
