@@ -54,7 +54,7 @@ def main() -> None:
         for r in records:
             q = questions[r["id"]]
             exp = Experience(format_mc(q), f"The answer is {'ABCD'[r['attempt']]}.", r["feedback"],
-                             id=r["id"], metadata={"target": r["target"], "attempt": r["attempt"]})
+                             id=r["id"])
             variants = augment([exp], "rotate_options", cfg.augment_copies)
             s = option_probs(model, tok, [student_messages(v) for v in variants])
             t = option_probs(model, tok, [teacher_messages(v, cfg.context_design)
