@@ -471,3 +471,100 @@ def test_answer_span_warns_when_a_response_states_no_answer(tiny_model, tiny_tok
     with pytest.warns(UserWarning, match="1 of 1 responses state no answer"):
         pairs = trainer.objective.prepare(tiny_model, tiny_tokenizer, [exp], trainer.cfg)
     assert pairs[0].focus is None
+
+
+MC = Experience("What is the capital of France?\nA. Lyon\nB. Nice\nC. Paris\nD. Lille",
+                "The answer is A.", "Wrong: the correct answer is C, Paris.", id="mc")
+
+
+def _letter_logprobs(model, seq, pos, ids):
+    """Log-probs of ``ids`` at response position ``pos``, from a plain forward of ``seq``."""
+    with torch.no_grad():
+        row = model(torch.tensor([seq.ids])).logits[0, len(seq.context) - 1 + pos]
+    return torch.log_softmax(row.float(), -1)[ids]
+
+
+@pytest.mark.parametrize("match", ["log", "mass"])
+def test_student_letter_prior_gives_the_teacher_the_students_letter_preference(
+        tiny_model, tiny_tokenizer, match):
+    """Over the question's rotations the new target's preference among letters is the student's
+    (``log``: geometric means by letter, with the teacher's preference among contents;
+    ``mass``: summed probabilities, with the teacher's rows rescaled by one factor per letter),
+    and each pair keeps the teacher's total letter mass; the loss and the gap report distil
+    that target."""
+    from experiential.augment import augment
+    from experiential.letter_prior import student_letter_prior
+    from experiential.objectives.self_distill import distill_loss
+
+    tok = tiny_tokenizer
+    trainer = ExperientialTrainer(tiny_model, tok,
+                                  cfg(max_steps=30, letter_prior=f"student_{match}"))
+    exps = augment([MC], "rotate_options", 3)
+    pairs = trainer.objective.prepare(tiny_model, tok, exps, trainer.cfg)
+    targeted = student_letter_prior(pairs, exps, tok, trainer.teacher, match=match)
+    ids = [tok.encode(f"The answer is {x}")[-1] for x in "ABCD"]
+    n = 4
+    teacher, student, new = [], [], []
+    for exp, p, q in zip(exps, pairs, targeted):
+        t = q.letter_target
+        assert t is not None and list(t.token_ids) == ids
+        assert tok.decode(p.student.response[t.position]).strip() == exp.attempt[-2]
+        teacher.append(_letter_logprobs(tiny_model, p.teacher, t.position, ids))
+        student.append(_letter_logprobs(tiny_model, p.student, t.position, ids))
+        new.append(torch.tensor(t.logprobs))
+    teacher, student, new = torch.stack(teacher), torch.stack(student), torch.stack(new)
+    torch.testing.assert_close(torch.logsumexp(new, 1), torch.logsumexp(teacher, 1))
+    shifts = [exp.metadata.get("rotation", 0) for exp in exps]
+    assert sorted(shifts) == [0, 1, 2, 3]
+
+    def by_content(rows):  # option i sits under letter (i + s) % n in rotation s
+        return torch.stack([r[[(i + s) % n for i in range(n)]]
+                            for r, s in zip(rows, shifts)]).mean(0)
+
+    def same_up_to_a_constant(a, b):
+        d = a - b
+        return float(d.max() - d.min()) < 1e-4
+
+    norm = lambda x: torch.log_softmax(x, 1)  # noqa: E731
+    if match == "log":
+        assert same_up_to_a_constant(norm(new).mean(0), norm(student).mean(0))
+        assert same_up_to_a_constant(by_content(norm(new)), by_content(norm(teacher)))
+        assert not same_up_to_a_constant(norm(new).mean(0), norm(teacher).mean(0))  # it changed
+    else:
+        share = lambda x: x.exp().sum(0) / x.exp().sum()  # noqa: E731
+        torch.testing.assert_close(share(new), share(student))
+        assert not torch.allclose(share(teacher), share(student), atol=1e-3)  # it changed
+        # one factor per letter: log(new / teacher) = row constant + letter constant
+        d = new - teacher
+        interaction = d - d.mean(1, keepdim=True) - d.mean(0, keepdim=True) + d.mean()
+        assert float(interaction.abs().max()) < 1e-4
+
+    # the teacher row the loss sees carries the new letter log-probs
+    p = targeted[1]
+    row = trainer.teacher.pair_logits([p], tok.pad_token_id, "cpu")[p.letter_target.position]
+    torch.testing.assert_close(torch.log_softmax(row, -1)[ids],
+                               torch.tensor(p.letter_target.logprobs))
+
+    # and learning moves the student's letters to it
+    def divergences():
+        with torch.no_grad():
+            return distill_loss(trainer.model, targeted, trainer.cfg, trainer.teacher,
+                                tok.pad_token_id)[0]
+
+    before = divergences()
+    result = trainer.learn([MC])
+    after = divergences()
+    assert after.mean() < 0.3 * before.mean()
+    first = len(targeted[0].student.response)  # the gap report sees the same target
+    assert result.gaps_before[0].divergence == pytest.approx(float(before[:first].mean()), rel=1e-4)
+
+
+def test_student_letter_prior_needs_every_rotation(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="needs every rotation"):
+        cfg(letter_prior="student_log", augment="none")
+    with pytest.raises(ValueError, match="no teacher"):
+        cfg(letter_prior="student_mass", objective="sft")
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer,
+                                  cfg(max_steps=1, letter_prior="student_log", augment_copies=1))
+    with pytest.warns(UserWarning, match="2 lack a rotation"):
+        trainer.learn([MC])

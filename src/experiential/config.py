@@ -76,6 +76,17 @@ class ELConfig:
     augment_copies: int = 3
     """Rotated variants per multiple-choice experience (for 4 options, 3 puts the content under
     every letter)."""
+    letter_prior: Literal["teacher", "student_log", "student_mass"] = "teacher"
+    """Whose preference among answer letters the teacher passes on at a multiple-choice answer.
+    ``student_log`` / ``student_mass``: with every rotation of a question in the update
+    (``rotate_options``), the teacher's letters are given the student's own preference, matched
+    in log space (averaged over the rotations by content) or in probability summed over the
+    rotations (:mod:`experiential.letter_prior`), so the update cannot move letters as such.
+    On 8 single MMLU explanation experiences ``student_log`` removed the updates' drift toward B
+    on unrelated questions and halved their retention KL, leaving letter-feedback updates as
+    they were (``reports/specificity.md``); off by default while the benchmark's default rows
+    are measured without it. ``student_mass`` cost 3 letter updates a fifth of their transfer
+    and moved unrelated questions toward the student's favourite letter."""
     paraphrase_copies: int = 2
     """Rewordings per experience when ``augment`` includes ``paraphrase``."""
     stop_kl: Optional[float] = 0.05
@@ -166,6 +177,15 @@ class ELConfig:
         if self.distill_span not in ("response", "answer"):
             raise ValueError(f"distill_span must be 'response' or 'answer', "
                              f"got {self.distill_span!r}")
+        if self.letter_prior not in ("teacher", "student_log", "student_mass"):
+            raise ValueError(f"letter_prior must be 'teacher', 'student_log' or 'student_mass', "
+                             f"got {self.letter_prior!r}")
+        if self.letter_prior != "teacher" and "rotate_options" not in parse_augment(self.augment):
+            raise ValueError(f"letter_prior={self.letter_prior!r} needs every rotation of a "
+                             "question: add 'rotate_options' to augment")
+        if self.letter_prior != "teacher" and self.objective == "sft":
+            raise ValueError(f"letter_prior={self.letter_prior!r} changes a teacher's "
+                             "distribution; the sft objective has no teacher")
         if self.response not in ("attempt", "samples"):
             raise ValueError(f"response must be 'attempt' or 'samples', got {self.response!r}")
         if self.stop_min_epochs < 0:

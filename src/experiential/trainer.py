@@ -45,6 +45,7 @@ from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
 from .gap import Gap, measure_gaps, summarize
+from .letter_prior import student_letter_prior
 from .objectives import get_objective
 from .objectives.base import Pair, TeacherModel
 from .objectives.self_distill import distill_loss
@@ -238,6 +239,7 @@ class ExperientialTrainer:
                 experiences = reflect(base, tok, experiences,
                                       max_new_tokens=cfg.reflect_max_new_tokens)
             pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
+        pairs = self._letter_prior(pairs, experiences)
         if not pairs:
             raise ValueError("the experiences produced no response tokens to learn from")
         anchors = self.anchor_pairs()
@@ -278,6 +280,7 @@ class ExperientialTrainer:
                 model.eval()
                 pairs = from_main(self.objective.prepare(model, tok, experiences, cfg))
                 self.teacher.clear_cache()
+                pairs = self._letter_prior(pairs, experiences)
                 stream = _cycle(pairs, cfg.seed + step)
                 model.train()
             batch = [next(stream) for _ in range(min(cfg.batch_size, len(pairs)))]
@@ -347,6 +350,15 @@ class ExperientialTrainer:
                 {"experience_id": p.experience_id, "prompt": p.prompt_text,
                  "answer": p.response_text} for p in neighbours]} if neighbours else {}))
         return self.result
+
+    def _letter_prior(self, pairs: list[Pair], experiences: Sequence[Experience]) -> list[Pair]:
+        """The pairs with the student's letter preference in the teacher's place, unless
+        ``letter_prior='teacher'`` (:mod:`experiential.letter_prior`)."""
+        if self.cfg.letter_prior == "teacher":
+            return pairs
+        return student_letter_prior(pairs, experiences, self.tok, self.teacher,
+                                    self.cfg.micro_batch_size,
+                                    match=self.cfg.letter_prior.removeprefix("student_"))
 
     # -- saving --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

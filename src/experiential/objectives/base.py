@@ -15,6 +15,7 @@ import torch
 
 from ..config import ELConfig
 from ..experience import Experience
+from ..letter_prior import LetterTarget, apply_letter_targets
 from ..tokens import Batch, Sequence_, collate, response_logits
 
 
@@ -31,6 +32,9 @@ class Pair:
     """The prompt, for reports (set for anchors the model wrote itself)."""
     focus: list[bool] | None = None
     """Response tokens the loss uses (:mod:`experiential.focus`); None: all of them."""
+    letter_target: LetterTarget | None = None
+    """The answer-letter distribution the teacher gives here instead of its own
+    (:mod:`experiential.letter_prior`); None: the teacher's own."""
 
     def __post_init__(self) -> None:
         if self.student.response != self.teacher.response:
@@ -73,7 +77,8 @@ class TeacherModel:
 
     def pair_logits(self, pairs: Sequence["Pair"], pad_id: int, device: Any) -> torch.Tensor:
         """Teacher logits at the response positions of each pair, concatenated in pair order
-        (the order :func:`~experiential.tokens.response_logits` uses for the student batch)."""
+        (the order :func:`~experiential.tokens.response_logits` uses for the student batch),
+        with each pair's :attr:`Pair.letter_target` in place of the teacher's own letters."""
         keys = [tuple(p.teacher.ids) for p in pairs]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         fresh: dict[int, torch.Tensor] = {}
@@ -87,8 +92,9 @@ class TeacherModel:
                 if self._used + size <= self._budget:
                     self._cache[keys[i]] = chunk
                     self._used += size
-        return torch.cat([fresh[i] if i in fresh else self._cache[k].to(device)
-                          for i, k in enumerate(keys)])
+        rows = torch.cat([fresh[i] if i in fresh else self._cache[k].to(device)
+                          for i, k in enumerate(keys)])  # a new tensor: the cache is untouched
+        return apply_letter_targets(rows, pairs)
 
     @contextmanager
     def active(self) -> Iterator[Any]:

@@ -1,0 +1,214 @@
+"""Whose preference among answer letters the teacher passes on: its own, or the student's.
+
+Rotating a question's options (``augment="rotate_options"``) puts its content under every letter,
+so no *letter* is taught as the answer. It does not cancel the teacher's own preference among the
+letters: shown an explanation, Qwen2.5-Coder-0.5B puts more mass on B whatever the content
+(teacher minus student letter mass, averaged over a question and its 3 rotations, over 17
+benchmark questions: B +.094; ``bench/letter_prior.py``), and the explanation updates' drift on
+unrelated questions went the same way on all four letters.
+
+With every rotation of a question in the update, two ways to give the teacher the student's
+letter preference instead (``ELConfig.letter_prior``), each keeping the teacher's total mass on
+the letters:
+
+- ``student_log``: the teacher's letter log-probabilities split into a part that follows the
+  content and a part that stays with the letter. Averaging them over the rotations *by content*
+  removes the letter part; adding the student's own (the frozen model in the student context,
+  averaged over the rotations *by letter*) puts back the preference the student already has.
+- ``student_mass``: one weight per letter, shared by the rotations, rescales the teacher's
+  letters so that, summed over the rotations, the target's letter distribution is the
+  student's. Under the log split a confident teacher (letter feedback) stays close to one-hot,
+  so summed over the rotations its target puts the same mass on every letter and a student
+  that matched it would have lost its letter preference on that question; this keeps the
+  preference, at the cost of some confidence where the content sits under a letter the
+  student dislikes. Measured on 3 letter experiences it is the worse of the two: a fifth less
+  transfer, and keeping the preference within the question pushed unrelated questions toward
+  the student's favourite letter (``reports/specificity.md``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NamedTuple, Sequence
+
+import torch
+
+from .augment import find_options
+from .experience import Experience
+from .focus import answer_focus
+from .scoring import split_options
+from .tokens import collate
+
+
+@dataclass(frozen=True)
+class LetterTarget:
+    """The teacher's answer-letter distribution to distil at one response position."""
+
+    position: int
+    """Index into the response tokens."""
+    token_ids: tuple[int, ...]
+    """One token per option letter, in letter order."""
+    logprobs: tuple[float, ...]
+    """Teacher log-probabilities for those tokens (their total mass is the teacher's own)."""
+
+
+def apply_letter_targets(logits: torch.Tensor, pairs: Sequence[Any]) -> torch.Tensor:
+    """Teacher logits (``[n_response_tokens, vocab]``, pairs concatenated), each pair's
+    :class:`LetterTarget` row replaced in place by log-probabilities with the letters' entries
+    set (the other tokens keep theirs: the letters' total mass is the teacher's own)."""
+    offset = 0
+    for p in pairs:
+        t = p.letter_target
+        if t is not None:
+            row = torch.log_softmax(logits[offset + t.position].float(), -1)
+            row[list(t.token_ids)] = torch.tensor(t.logprobs, dtype=row.dtype, device=row.device)
+            logits[offset + t.position] = row.to(logits.dtype)
+        offset += len(p.student.response)
+    return logits
+
+
+def letter_position(tok: Any, response: Sequence[int], n: int) -> tuple[int, list[int]] | None:
+    """Where the response states its answer letter, and the token of each of the first ``n``
+    letters in that place (with the same leading space), or None."""
+    focus = answer_focus(tok, response)
+    if focus is None:
+        return None
+    pos = focus.index(True)
+    piece = tok.decode([response[pos]])
+    letter = piece.strip()
+    letters = [chr(ord("A") + i) for i in range(n)]
+    if letter not in letters:
+        return None
+    lead = piece[:len(piece) - len(piece.lstrip())]
+    try:
+        _, ids = split_options(tok, tok.decode(list(response[:pos])), [lead + x for x in letters])
+    except ValueError:
+        return None
+    if any(len(i) != 1 for i in ids) or ids[letters.index(letter)][0] != response[pos]:
+        return None
+    return pos, [i[0] for i in ids]
+
+
+def _family(exp: Experience) -> tuple[str, int]:
+    """(the experience its rotations share, this one's rotation)."""
+    if "rotation" in exp.metadata:
+        return str(exp.metadata["augmented_from"]), int(exp.metadata["rotation"])
+    return exp.id, 0
+
+
+class _Answer(NamedTuple):
+    position: int
+    token_ids: list[int]
+    family: str
+    rotation: int
+    n: int
+
+
+@torch.no_grad()
+def student_letter_prior(pairs: Sequence[Any], experiences: Sequence[Experience], tok: Any,
+                         teacher: Any, micro_batch_size: int = 4,
+                         match: Literal["log", "mass"] = "log") -> list[Any]:
+    """The pairs, each answering a multiple-choice question whose every rotation is among them
+    given a :class:`LetterTarget` that carries the student's letter preference instead of the
+    teacher's (``match``: ``log`` or ``mass``, see the module docstring). Others are returned
+    unchanged, with a warning saying how many and why."""
+    by_id = {e.id: e for e in experiences}
+    device = next(teacher.model.parameters()).device
+    pad = tok.pad_token_id
+    found: dict[int, _Answer] = {}
+    no_letter = 0
+    for k, p in enumerate(pairs):
+        exp = by_id.get(p.experience_id)
+        opts = find_options(exp.prompt_text) if exp is not None else None
+        if p.kind != "experience" or opts is None:
+            continue
+        n = len(opts[1])
+        where = letter_position(tok, p.student.response, n)
+        if where is None:
+            no_letter += 1
+            continue
+        family, rotation = _family(exp)
+        found[k] = _Answer(where[0], where[1], family, rotation, n)
+    rotations: dict[str, set[int]] = defaultdict(set)
+    for a in found.values():
+        rotations[a.family].add(a.rotation)
+    complete = {k: a for k, a in found.items() if rotations[a.family] == set(range(a.n))}
+    if no_letter or len(complete) < len(found):
+        warnings.warn(
+            f"letter_prior: {no_letter} multiple-choice responses state no single answer "
+            f"letter and {len(found) - len(complete)} lack a rotation of their question "
+            f"(augment_copies must cover every option); their teacher keeps its own letter "
+            f"preference", stacklevel=2)
+    if not complete:
+        return list(pairs)
+    idx = sorted(complete)
+    teacher_lp, student_lp = [], []
+    for c in range(0, len(idx), micro_batch_size):
+        chunk = [pairs[k] for k in idx[c:c + micro_batch_size]]
+        t_rows = teacher.pair_logits(chunk, pad, device)
+        s_rows = teacher.logits(collate([p.student for p in chunk], pad).to(device))
+        offset = 0
+        for k, p in zip(idx[c:c + micro_batch_size], chunk):
+            pos, ids = complete[k].position, complete[k].token_ids
+            teacher_lp.append(torch.log_softmax(t_rows[offset + pos].float(), -1)[ids])
+            student_lp.append(torch.log_softmax(s_rows[offset + pos].float(), -1)[ids])
+            offset += len(p.student.response)
+    groups: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for j, k in enumerate(idx):
+        groups[complete[k].family][complete[k].rotation].append(j)
+    out = list(pairs)
+    for by_rot in groups.values():
+        js = [j for s in sorted(by_rot) for j in by_rot[s]]
+        shifts = [s for s in sorted(by_rot) for _ in by_rot[s]]
+        t, st = torch.stack([teacher_lp[j] for j in js]), torch.stack([student_lp[j] for j in js])
+        targets = _log_targets(t, st, shifts) if match == "log" else _mass_targets(t, st)
+        for j, row in zip(js, targets):
+            k = idx[j]
+            out[k] = replace(pairs[k], letter_target=LetterTarget(
+                complete[k].position, tuple(complete[k].token_ids),
+                tuple(float(x) for x in row)))
+    return out
+
+
+def _log_targets(teacher_lp: torch.Tensor, student_lp: torch.Tensor,
+                 shifts: Sequence[int]) -> torch.Tensor:
+    """``match="log"``: the teacher's letter log-probabilities averaged over the rotations by
+    content, plus the student's averaged by letter (pairs of one rotation count together), so
+    the target's *geometric-mean* letter preference is the student's. Rows ``[pairs, n]`` of
+    log-probabilities with each pair's teacher letter mass."""
+    n = teacher_lp.shape[1]
+    t, s = torch.log_softmax(teacher_lp, -1), torch.log_softmax(student_lp, -1)
+    rotations = sorted(set(shifts))
+    content, letter = torch.zeros(n), torch.zeros(n)
+    for r in rotations:
+        rows = [j for j, x in enumerate(shifts) if x == r]
+        # option i sits under letter (i + r) % n in rotation r
+        content += t[rows].mean(0)[[(i + r) % n for i in range(n)]] / len(rotations)
+        letter += s[rows].mean(0) / len(rotations)
+    mass = torch.logsumexp(teacher_lp, -1, keepdim=True)
+    return torch.stack([torch.log_softmax(content[[(x - r) % n for x in range(n)]] + letter, -1)
+                        for r in shifts]) + mass
+
+
+def _mass_targets(teacher_lp: torch.Tensor, student_lp: torch.Tensor,
+                  iterations: int = 1000) -> torch.Tensor:
+    """``match="mass"``: each pair's teacher letters reweighted by one factor per letter, shared
+    by the question's rotations, so that summed over them the target's letter distribution is the
+    student's (in proportion; each pair keeps the teacher's letter mass): once the student
+    matches the target, its letter preference over the question's rotations is where it
+    started. Solved by alternating scaling (Sinkhorn): rows keep the teacher's letter mass,
+    columns reach the student's shares."""
+    t, p = teacher_lp.exp().double(), student_lp.exp().double()
+    mass = t.sum(1, keepdim=True)
+    col = p.sum(0) / p.sum() * mass.sum()
+    w = torch.ones(t.shape[1], dtype=torch.float64)
+    for _ in range(iterations):
+        q = t * w
+        q = q / q.sum(1, keepdim=True) * mass
+        ratio = q.sum(0) / col
+        if float((ratio - 1).abs().max()) < 1e-9:
+            break
+        w = w / ratio
+    return q.log().float()
