@@ -51,6 +51,15 @@ SETTINGS = {
     # distil only the answer letter of "The answer is X.", not the words before it: with
     # explanation feedback the largest divergence is at " answer" (bench/response_divergence.py)
     "answer_span": {"distill_span": "answer"},
+    # the teacher's answer-letter distribution averaged over the question's rotations by content,
+    # with the student's letter preference in place of its own (experiential.letter_prior): the
+    # explanation teacher's extra mass on B (bench/letter_prior.py) is what its updates' drift
+    # on unrelated questions follows
+    "student_letters": {"letter_prior": "student_log"},
+    # the same in probability summed over the rotations: under the log split the letter
+    # feedback's near one-hot teacher puts equal mass on every letter over the rotations, so a
+    # student matching it would lose its letter preference on that question
+    "student_letter_mass": {"letter_prior": "student_mass"},
     # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
     # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and 12 on the way.
     "warmup4_epochs16": {"epochs": 16, **OLD_STOP, "checkpoints": {12: "epochs12"}},
