@@ -128,28 +128,21 @@ def main() -> None:
     from experiential.retention import compare, probe_logprobs
     from experiential.scoring import option_probs
     from experiential.tasks.data import load_mmlu
-    from experiential.tasks.mc import format_mc, sample_questions
-    from experiential.tasks.mmlu_shift import control_letter, questions_it_gets_wrong
+    from experiential.tasks.mc import format_mc
+    from experiential.tasks.mmlu_shift import control_letter
     from experiential.trainer import ExperientialTrainer, LearnResult
 
     out = Path(args.out)
     (out / "records").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
-    pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
-    chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
-    used = {q.subject for q in chosen}
+    pool, chosen, p_before, probes = questions_and_probes(model, tok, args)
     unknown = {x.split(":")[-1] for x in only} - {q.id for q in chosen[:args.first or None]}
     if unknown:
         raise SystemExit(f"--ids: not among the chosen questions: {', '.join(sorted(unknown))}")
     from experiential.tokens import context_ids
 
     msgs = lambda q: [{"role": "user", "content": format_mc(q)}]  # noqa: E731
-    if args.retention_max_tokens:
-        short = [q for q in pool if len(context_ids(tok, msgs(q))) <= args.retention_max_tokens]
-    else:
-        short = pool
-    probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
     baseline = probe_logprobs(model, tok, probes)
     anchor_sets: dict[str, list] = {}
 
@@ -247,6 +240,27 @@ def main() -> None:
                     record(setting, res.steps, p_after, res.retention.to_dict(), res)
                 trainer.model.unload()
     summarize(out, args)
+
+
+def questions_and_probes(model, tok, args: argparse.Namespace) -> tuple[list, list, list, list]:  # noqa: ANN001
+    """The MMLU pool, the first ``--n`` questions the model gets wrong (with its letter
+    probabilities) and the ``--retention-n`` probe questions from the other subjects, no longer than
+    ``--retention-max-tokens``. bench/retention_noise.py uses the same probes."""
+    from experiential.tasks.data import load_mmlu
+    from experiential.tasks.mc import format_mc, sample_questions
+    from experiential.tasks.mmlu_shift import questions_it_gets_wrong
+    from experiential.tokens import context_ids
+
+    pool = [q for q in load_mmlu("test", data_dir=args.data_dir) if len(q.choices) == 4]
+    chosen, p_before = questions_it_gets_wrong(model, tok, pool, args.n, args.seed)
+    used = {q.subject for q in chosen}
+    if args.retention_max_tokens:
+        short = [q for q in pool if len(context_ids(
+            tok, [{"role": "user", "content": format_mc(q)}])) <= args.retention_max_tokens]
+    else:
+        short = pool
+    probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
+    return pool, chosen, p_before, probes
 
 
 def _sem(xs: list[float]) -> float:
