@@ -158,6 +158,30 @@ def summarize(out: Path) -> None:
         {"random": [dict(direction=r["direction"], **p) for r in runs for p in r["points"]]},
         indent=1))
     print(text)
+    plot(out.with_suffix(".png"), rand, by_kind)
+
+
+def plot(path: Path, rand: list[tuple[float, float, float]], by_kind: dict[str, list]) -> None:
+    """Accuracy change against KL on the probes, every update: random directions and EL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, pts), marker in zip([("random LoRA", rand)] + [
+            (f"EL default, {k}", v) for k, v in sorted(by_kind.items())], "Xos^D"):
+        ax.scatter([p[0] for p in pts], [p[1] * 100 for p in pts], marker=marker, s=40 if
+                   name.startswith("random") else 16, alpha=0.75, label=f"{name} (n={len(pts)})")
+    ax.set_xscale("log")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xlabel("mean KL on the 200 unrelated MMLU questions (nats)")
+    ax.set_ylabel("accuracy change on them (points)")
+    ax.set_title("Retention: EL updates vs random changes of the same size", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
