@@ -13,7 +13,8 @@ point (KL, accuracy change), whether or not it lands on the target.
     python bench/retention_noise.py --directions 4 --kl 0.005,0.012,0.08
 
 Same probes as bench/specificity.py (same --n, --seed, --retention-n, --retention-max-tokens).
-Writes bench/results/retention_noise.{json,md}.
+Writes bench/results/retention_noise.{json,md,png} (the table and plot also show every default EL
+update in bench/results/specificity/records).
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ def run(args: argparse.Namespace, out: Path) -> None:
 
     from experiential.config import ELConfig
     from experiential.models import load_model
-    from experiential.retention import compare, probe_logprobs
+    from experiential.retention import Retention, compare, probe_logprobs
 
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
-    _, _, _, probes = questions_and_probes(model, tok, args)
+    _, _, probes = questions_and_probes(model, tok, args)
     baseline = probe_logprobs(model, tok, probes)
     cal = args.calibration_n
     el = ELConfig()
@@ -83,16 +84,16 @@ def run(args: argparse.Namespace, out: Path) -> None:
                 for n, b in bs.items():
                     modules[n].weight.copy_(b * c)
 
-        def kl_on(c: float, k: int | None) -> tuple[float, torch.Tensor]:
+        def retention(c: float, k: int | None) -> tuple[Retention, torch.Tensor]:
+            """At scale ``c``, on the first ``k`` probes (None: all)."""
             scale(c)
             after = probe_logprobs(peft_model, tok, probes[:k])
-            base = baseline[:k]
-            return float((base.exp() * (base - after)).sum(-1).mean()), after
+            return compare(baseline[:k], after, probes[:k]), after
 
         # KL(c) ~ a c^2: one calibration point fixes a; go up or down tenfold until it is usable
         c0, kl0 = 1e-3, 0.0
         for _ in range(8):
-            kl0, _ = kl_on(c0, cal)
+            kl0 = retention(c0, cal)[0].mean_kl
             if 1e-4 < kl0 < 0.5:
                 break
             c0 *= 10 if kl0 <= 1e-4 else 0.1
@@ -101,8 +102,7 @@ def run(args: argparse.Namespace, out: Path) -> None:
         for t in targets:
             t0 = time.time()
             c = math.sqrt(t / a)
-            kl, after = kl_on(c, None)
-            ret = compare(baseline, after, probes)
+            ret, after = retention(c, None)
             flips = int((after.argmax(-1) != baseline.argmax(-1)).sum())
             points.append({"target_kl": t, "scale": c, "mean_kl": ret.mean_kl,
                            "accuracy_change": ret.accuracy_change,

@@ -136,7 +136,7 @@ def main() -> None:
     (out / "records").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
     model, tok = load_model(args.model, dtype="fp32", device="cpu")
-    pool, chosen, p_before, probes = questions_and_probes(model, tok, args)
+    chosen, p_before, probes = questions_and_probes(model, tok, args)
     unknown = {x.split(":")[-1] for x in only} - {q.id for q in chosen[:args.first or None]}
     if unknown:
         raise SystemExit(f"--ids: not among the chosen questions: {', '.join(sorted(unknown))}")
@@ -242,8 +242,8 @@ def main() -> None:
     summarize(out, args)
 
 
-def questions_and_probes(model, tok, args: argparse.Namespace) -> tuple[list, list, list, list]:  # noqa: ANN001
-    """The MMLU pool, the first ``--n`` questions the model gets wrong (with its letter
+def questions_and_probes(model, tok, args: argparse.Namespace) -> tuple[list, list, list]:  # noqa: ANN001
+    """The first ``--n`` questions the model gets wrong (with its letter
     probabilities) and the ``--retention-n`` probe questions from the other subjects, no longer than
     ``--retention-max-tokens``. bench/retention_noise.py uses the same probes."""
     from experiential.tasks.data import load_mmlu
@@ -260,7 +260,7 @@ def questions_and_probes(model, tok, args: argparse.Namespace) -> tuple[list, li
     else:
         short = pool
     probes = sample_questions(short, args.retention_n, args.seed + 1, exclude_subjects=used)
-    return pool, chosen, p_before, probes
+    return chosen, p_before, probes
 
 
 def _sem(xs: list[float]) -> float:
