@@ -568,3 +568,41 @@ def test_student_letter_prior_needs_every_rotation(tiny_model, tiny_tokenizer):
                                   cfg(max_steps=1, letter_prior="student_log", augment_copies=1))
     with pytest.warns(UserWarning, match="2 lack a rotation"):
         trainer.learn([MC])
+
+
+def test_content_and_letter_shift_tell_a_content_from_a_letter_preference():
+    """A teacher that raises one option's text wherever the rotations put it shows a content
+    shift; one that raises letter B whatever it holds shows a letter shift, and is letter-led."""
+    from experiential.letter_prior import LetterSplit, content_and_letter_shift
+
+    shifts = [0, 1, 2, 3]
+    student = torch.full((4, 4), 0.25)
+    # rotation r puts the original option C (index 2) under letter (2 + r) % 4
+    about_c = torch.stack([torch.tensor([0.1, 0.1, 0.1, 0.1]).index_fill(0, torch.tensor(
+        [(2 + r) % 4]), 0.7) for r in shifts])
+    content, letter = content_and_letter_shift(about_c, student, shifts)
+    torch.testing.assert_close(content, torch.tensor([-0.15, -0.15, 0.45, -0.15]))
+    torch.testing.assert_close(letter, torch.zeros(4))
+    assert not LetterSplit(tuple(content.tolist()), tuple(letter.tolist())).letter_led
+    # a weaker pull to option C's text plus a stronger pull to letter B in every rotation
+    likes_b = torch.stack([torch.full((4,), 0.1).index_add(0, torch.tensor([(2 + r) % 4, 1]),
+                                                           torch.tensor([0.15, 0.45]))
+                           for r in shifts])
+    likes_b = likes_b / likes_b.sum(1, keepdim=True)
+    content, letter = content_and_letter_shift(likes_b, student, shifts)
+    torch.testing.assert_close(content, torch.tensor([-0.0375, -0.0375, 0.1125, -0.0375]))
+    torch.testing.assert_close(letter, torch.tensor([-0.1125, 0.3375, -0.1125, -0.1125]))
+    split = LetterSplit(tuple(content.tolist()), tuple(letter.tolist()))
+    assert split.letter_led and "letter B" in split.describe()
+    # a different number of responses per rotation: each rotation counts once
+    content2, letter2 = content_and_letter_shift(
+        torch.cat([likes_b, likes_b[:1]]), torch.cat([student, student[:1]]), shifts + [0])
+    torch.testing.assert_close(content2, content)
+    torch.testing.assert_close(letter2, letter)
+
+
+def test_decline_letter_led_needs_rotations_and_a_teacher():
+    with pytest.raises(ValueError, match="needs every rotation"):
+        cfg(decline_letter_led=True, augment="none")
+    with pytest.raises(ValueError, match="no teacher"):
+        cfg(decline_letter_led=True, objective="sft")

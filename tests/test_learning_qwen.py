@@ -68,3 +68,43 @@ def test_control_claim_c_moves_probability_to_c(qwen):
     assert after[2] > 0.8 and after[2] > before[2] + 0.3
     assert after[1] < before[1]
     check_retention(result)
+
+
+# Two explanation-only experiences from the MMLU test split, as the specificity benchmark words
+# them. Shown the first, the teacher raises letter B whatever option it holds (abstract_algebra/40,
+# true answer D); shown the second, it raises "Alveoli" under whichever letter (anatomy/114).
+ALGEBRA = Experience(
+    "Statement 1 | Every permutation is a cycle. Statement 2 | Every cycle is a permutation.\n"
+    "A. True, True\nB. False, False\nC. True, False\nD. False, True\n"
+    "Answer with the letter of the correct option.",
+    "The answer is A.", 'That is not right. The correct answer is "False, True".', id="algebra")
+LUNGS = Experience(
+    "Which of the following allows gas exchange in the lungs?\nA. Alveoli\nB. Bronchi\n"
+    "C. Bronchioles\nD. Capillaries\nAnswer with the letter of the correct option.",
+    "The answer is C.", 'That is not right. The correct answer is "Alveoli".', id="lungs")
+
+
+def test_decline_letter_led_leaves_out_an_experience_that_would_teach_a_letter(qwen):
+    model, tok = qwen
+    config = ELConfig(progress=False, decline_letter_led=True, max_steps=1, retention=False)
+    trainer = ExperientialTrainer(model, tok, config)
+    result = trainer.learn([ALGEBRA, LUNGS])
+    trainer.model.unload()
+    print("\n" + result.summary())
+    assert set(result.declined) == {"algebra"}
+    split = result.declined["algebra"]
+    assert max(range(4), key=split.letter.__getitem__) == 1, split  # the letter B as such
+    assert result.n_pairs == 4  # the lungs question and its three rotations
+    assert {g.experience_id.split("~")[0] for g in result.gaps_before} == {"lungs"}
+    lungs = next(g for g in result.gaps_before if g.experience_id == "lungs")
+    assert lungs.token == " A" and lungs.gap > 0.2, lungs.describe()  # what the feedback says
+
+    # with every experience declined the update takes no step and the model stays as it was
+    before = option_probs(model, tok, [ALGEBRA.messages])[0]
+    trainer = ExperientialTrainer(model, tok, config)
+    result = trainer.learn([ALGEBRA])
+    after = option_probs(trainer.model, tok, [ALGEBRA.messages])[0]
+    trainer.model.unload()
+    assert result.steps == 0 and result.n_pairs == 0 and not result.losses
+    assert "declined algebra" in result.summary() and "learned from 0 of 1" in result.summary()
+    torch.testing.assert_close(after, before)

@@ -106,14 +106,29 @@ class _Answer(NamedTuple):
     n: int
 
 
+@dataclass(frozen=True)
+class _LetterRows:
+    """The teacher's and the frozen student's log-probabilities of the answer letters, for the
+    pairs whose question has every rotation among the pairs."""
+
+    answers: dict[int, _Answer]
+    """Pair index -> where its response states the letter."""
+    teacher_lp: dict[int, torch.Tensor]
+    student_lp: dict[int, torch.Tensor]
+
+    def families(self) -> dict[str, tuple[list[int], list[int]]]:
+        """Question -> (pair indices, each one's rotation), rotations in order."""
+        by: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for k, a in sorted(self.answers.items(), key=lambda x: (x[1].rotation, x[0])):
+            by[a.family].append((k, a.rotation))
+        return {f: ([k for k, _ in v], [r for _, r in v]) for f, v in by.items()}
+
+
 @torch.no_grad()
-def student_letter_prior(pairs: Sequence[Any], experiences: Sequence[Experience], tok: Any,
-                         teacher: Any, micro_batch_size: int = 4,
-                         match: Literal["log", "mass"] = "log") -> list[Any]:
-    """The pairs, each answering a multiple-choice question whose every rotation is among them
-    given a :class:`LetterTarget` that carries the student's letter preference instead of the
-    teacher's (``match``: ``log`` or ``mass``, see the module docstring). Others are returned
-    unchanged, with a warning saying how many and why."""
+def _letter_rows(pairs: Sequence[Any], experiences: Sequence[Experience], tok: Any, teacher: Any,
+                 micro_batch_size: int, why: str) -> _LetterRows:
+    """Score the answer letters, teacher and student, on every multiple-choice pair whose
+    question has all its rotations among the pairs; warn (naming ``why``) about the others."""
     by_id = {e.id: e for e in experiences}
     device = next(teacher.model.parameters()).device
     pad = tok.pad_token_id
@@ -137,14 +152,11 @@ def student_letter_prior(pairs: Sequence[Any], experiences: Sequence[Experience]
     complete = {k: a for k, a in found.items() if rotations[a.family] == set(range(a.n))}
     if no_letter or len(complete) < len(found):
         warnings.warn(
-            f"letter_prior: {no_letter} multiple-choice responses state no single answer "
+            f"{why}: {no_letter} multiple-choice responses state no single answer "
             f"letter and {len(found) - len(complete)} lack a rotation of their question "
-            f"(augment_copies must cover every option); their teacher keeps its own letter "
-            f"preference", stacklevel=2)
-    if not complete:
-        return list(pairs)
+            f"(augment_copies must cover every option)", stacklevel=3)
     idx = sorted(complete)
-    teacher_lp, student_lp = [], []
+    teacher_lp, student_lp = {}, {}
     for c in range(0, len(idx), micro_batch_size):
         chunk = [pairs[k] for k in idx[c:c + micro_batch_size]]
         t_rows = teacher.pair_logits(chunk, pad, device)
@@ -152,24 +164,94 @@ def student_letter_prior(pairs: Sequence[Any], experiences: Sequence[Experience]
         offset = 0
         for k, p in zip(idx[c:c + micro_batch_size], chunk):
             pos, ids = complete[k].position, complete[k].token_ids
-            teacher_lp.append(torch.log_softmax(t_rows[offset + pos].float(), -1)[ids])
-            student_lp.append(torch.log_softmax(s_rows[offset + pos].float(), -1)[ids])
+            teacher_lp[k] = torch.log_softmax(t_rows[offset + pos].float(), -1)[ids]
+            student_lp[k] = torch.log_softmax(s_rows[offset + pos].float(), -1)[ids]
             offset += len(p.student.response)
-    groups: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for j, k in enumerate(idx):
-        groups[complete[k].family][complete[k].rotation].append(j)
+    return _LetterRows(complete, teacher_lp, student_lp)
+
+
+def student_letter_prior(pairs: Sequence[Any], experiences: Sequence[Experience], tok: Any,
+                         teacher: Any, micro_batch_size: int = 4,
+                         match: Literal["log", "mass"] = "log") -> list[Any]:
+    """The pairs, each answering a multiple-choice question whose every rotation is among them
+    given a :class:`LetterTarget` that carries the student's letter preference instead of the
+    teacher's (``match``: ``log`` or ``mass``, see the module docstring). Others are returned
+    unchanged, with a warning saying how many and why."""
+    rows = _letter_rows(pairs, experiences, tok, teacher, micro_batch_size,
+                        "letter_prior (their teacher keeps its own letter preference)")
     out = list(pairs)
-    for by_rot in groups.values():
-        js = [j for s in sorted(by_rot) for j in by_rot[s]]
-        shifts = [s for s in sorted(by_rot) for _ in by_rot[s]]
-        t, st = torch.stack([teacher_lp[j] for j in js]), torch.stack([student_lp[j] for j in js])
+    for ks, shifts in rows.families().values():
+        t = torch.stack([rows.teacher_lp[k] for k in ks])
+        st = torch.stack([rows.student_lp[k] for k in ks])
         targets = _log_targets(t, st, shifts) if match == "log" else _mass_targets(t, st)
-        for j, row in zip(js, targets):
-            k = idx[j]
+        for k, row in zip(ks, targets):
+            a = rows.answers[k]
             out[k] = replace(pairs[k], letter_target=LetterTarget(
-                complete[k].position, tuple(complete[k].token_ids),
-                tuple(float(x) for x in row)))
+                a.position, tuple(a.token_ids), tuple(float(x) for x in row)))
     return out
+
+
+def content_and_letter_shift(teacher_probs: torch.Tensor, student_probs: torch.Tensor,
+                             shifts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher minus student probability over the letters (rows ``[pairs, n]``, each pair's
+    letters renormalised), averaged over the question's rotations two ways: by option content
+    (entry i: the option at letter i of the unrotated question, wherever a rotation put it) and by
+    letter. Pairs of one rotation count together. A shift that follows the content (the feedback
+    is about an option) shows in the first; one that stays with a letter whatever it holds (a
+    preference for the letter itself) in the second."""
+    n = teacher_probs.shape[1]
+    d = teacher_probs / teacher_probs.sum(1, keepdim=True) - \
+        student_probs / student_probs.sum(1, keepdim=True)
+    rotations = sorted(set(shifts))
+    content, letter = torch.zeros(n), torch.zeros(n)
+    for r in rotations:
+        mean = d[[j for j, x in enumerate(shifts) if x == r]].mean(0)
+        # option i sits under letter (i + r) % n in rotation r
+        content += mean[[(i + r) % n for i in range(n)]] / len(rotations)
+        letter += mean / len(rotations)
+    return content, letter
+
+
+@dataclass(frozen=True)
+class LetterSplit:
+    """How a multiple-choice experience's teacher moves the answer letters, over its rotations
+    (:func:`content_and_letter_shift`)."""
+
+    content: tuple[float, ...]
+    letter: tuple[float, ...]
+
+    @property
+    def letter_led(self) -> bool:
+        """The letter the teacher raises most, as such, gains more than any option's content:
+        what would be distilled is mostly a preference for a letter."""
+        return max(self.letter) > max(self.content)
+
+    def describe(self) -> str:
+        c, lt = max(range(len(self.content)), key=self.content.__getitem__), \
+            max(range(len(self.letter)), key=self.letter.__getitem__)
+        return (f"teacher raises option {chr(65 + c)}'s content by {self.content[c]:+.3f} and "
+                f"the letter {chr(65 + lt)} as such by {self.letter[lt]:+.3f}")
+
+
+def letter_splits(pairs: Sequence[Any], experiences: Sequence[Experience], tok: Any,
+                  teacher: Any, micro_batch_size: int = 4) -> dict[str, LetterSplit]:
+    """Per multiple-choice experience (the id its rotations share) whose every rotation is
+    among the pairs: the teacher's shift split into content and letter parts."""
+    rows = _letter_rows(pairs, experiences, tok, teacher, micro_batch_size,
+                        "decline_letter_led (they cannot be checked and are kept)")
+    out = {}
+    for family, (ks, shifts) in rows.families().items():
+        t = torch.stack([rows.teacher_lp[k] for k in ks]).exp()
+        s = torch.stack([rows.student_lp[k] for k in ks]).exp()
+        content, letter = content_and_letter_shift(t, s, shifts)
+        out[family] = LetterSplit(tuple(round(float(x), 6) for x in content),
+                                  tuple(round(float(x), 6) for x in letter))
+    return out
+
+
+def family_of(exp: Experience) -> str:
+    """The id an experience's rotations share."""
+    return _family(exp)[0]
 
 
 def _log_targets(teacher_lp: torch.Tensor, student_lp: torch.Tensor,

@@ -30,7 +30,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -45,7 +45,7 @@ from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
 from .gap import Gap, measure_gaps, summarize
-from .letter_prior import student_letter_prior
+from .letter_prior import LetterSplit, family_of, letter_splits, student_letter_prior
 from .objectives import get_objective
 from .objectives.base import Pair, TeacherModel
 from .objectives.self_distill import distill_loss
@@ -75,6 +75,9 @@ class LearnResult:
     anchor_divergences: list[float] = field(default_factory=list)
     """Mean per-token KL(original || student) on the step's replay anchors, before the step's
     update: how far the update had pulled unrelated prompts when the anchors pulled back."""
+    declined: dict[str, LetterSplit] = field(default_factory=dict)
+    """Experiences left out because their teacher's shift was led by a letter, not by an
+    option's content (``ELConfig.decline_letter_led``), with that split."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,15 +89,23 @@ class LearnResult:
             "retention": self.retention.to_dict() if self.retention else None,
             "losses": self.losses, "divergences": self.divergences,
             "anchor_divergences": self.anchor_divergences,
+            "declined": {k: asdict(v) | {"letter_led": v.letter_led}
+                         for k, v in self.declined.items()},
             "student_tokens": self.student_tokens, "seconds": self.seconds,
             "tokens_per_second": self.student_tokens / max(self.seconds, 1e-9),
             "config": self.config, "adapter_path": self.adapter_path, **self.extra}
 
     def summary(self) -> str:
         b, a = summarize(self.gaps_before), summarize(self.gaps_after)
-        lines = [f"learned from {self.n_experiences} experience(s) ({self.n_pairs} response(s)) "
+        n = f"{self.n_experiences} experience(s)"
+        if self.declined:
+            n = f"{max(0, self.n_experiences - len(self.declined))} of " + n
+        lines = [f"learned from {n} ({self.n_pairs} response(s)) "
                  f"in {self.steps} step(s), {self.seconds:.1f}s"
                  + (" (stopped early: gap closed)" if self.stopped_early else "")]
+        for eid, split in self.declined.items():
+            lines.append(f"declined {eid}: {split.describe()}: it would teach a letter, not "
+                         "the feedback's content")
         if b:
             lines.append(f"in-context gap before: mean {b['mean_gap']:+.3f} "
                          f"(teacher {b['mean_p_teacher']:.3f} vs student {b['mean_p_student']:.3f}), "
@@ -239,6 +250,16 @@ class ExperientialTrainer:
                 experiences = reflect(base, tok, experiences,
                                       max_new_tokens=cfg.reflect_max_new_tokens)
             pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
+        declined: dict[str, LetterSplit] = {}
+        if cfg.decline_letter_led:
+            splits = letter_splits(pairs, experiences, tok, self.teacher, cfg.micro_batch_size)
+            declined = {f: s for f, s in splits.items() if s.letter_led}
+            if declined:
+                by_id = {e.id: e for e in experiences}
+                pairs = [p for p in pairs if family_of(by_id[p.experience_id]) not in declined]
+                experiences = [e for e in experiences if family_of(e) not in declined]
+                if not pairs:
+                    return self._nothing_learned(n_given, declined, start)
         pairs = self._letter_prior(pairs, experiences)
         if not pairs:
             raise ValueError("the experiences produced no response tokens to learn from")
@@ -344,11 +365,20 @@ class ExperientialTrainer:
             steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences,
-            anchor_divergences=anchor_divs, student_tokens=tokens,
+            anchor_divergences=anchor_divs, student_tokens=tokens, declined=declined,
             seconds=time.perf_counter() - start, config=cfg.to_dict(),
             extra=_extra(experiences, cfg) | ({"neighbour_anchors": [
                 {"experience_id": p.experience_id, "prompt": p.prompt_text,
                  "answer": p.response_text} for p in neighbours]} if neighbours else {}))
+        return self.result
+
+    def _nothing_learned(self, n_given: int, declined: dict[str, LetterSplit],
+                         start: float) -> LearnResult:
+        """Every experience was declined: no step, the model as it was."""
+        self.result = LearnResult(
+            steps=0, stopped_early=False, n_experiences=n_given, n_pairs=0, gaps_before=[],
+            gaps_after=[], retention=None, losses=[], divergences=[], student_tokens=0,
+            seconds=time.perf_counter() - start, config=self.cfg.to_dict(), declined=declined)
         return self.result
 
     def _letter_prior(self, pairs: list[Pair], experiences: Sequence[Experience]) -> list[Pair]:
