@@ -136,6 +136,27 @@ def agreement(rows: list[dict], records: dict[str, dict]) -> dict:
         "per_update": per}
 
 
+def library_decisions(model: Any, tok: Any, questions: dict, records: dict[str, dict],
+                      cfg: Any) -> dict[str, bool]:
+    """Per record, whether ``ELConfig(decline_letter_led=True)`` declines it inside an update
+    (the split on the pairs the update distils, with the attempt as response)."""
+    from experiential.augment import augment
+    from experiential.experience import Experience
+    from experiential.letter_prior import letter_splits
+    from experiential.objectives import get_objective
+    from experiential.objectives.base import TeacherModel
+    from experiential.tasks.mc import format_mc
+
+    teacher, objective, out = TeacherModel(model), get_objective(cfg.objective), {}
+    for rid, r in records.items():
+        exp = Experience(format_mc(questions[rid]), f"The answer is {'ABCD'[r['attempt']]}.",
+                         r["feedback"], id=rid)
+        variants = augment([exp], "rotate_options", cfg.augment_copies)
+        pairs = objective.prepare(model, tok, variants, cfg)
+        out[rid] = letter_splits(pairs, variants, tok, teacher, cfg.micro_batch_size)[rid].letter_led
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kinds", default="explanation,control,letter")
@@ -147,6 +168,9 @@ def main() -> None:
     ap.add_argument("--agreement", action="store_true",
                     help="also report, per kind, whether content- or letter-led shifts separate "
                          "the updates without a gap (and their retention)")
+    ap.add_argument("--check-library", action="store_true",
+                    help="with --agreement: also run the library's decision on each record "
+                         "and count where it differs from this script's")
     args = ap.parse_args()
 
     from experiential.config import ELConfig
@@ -185,6 +209,15 @@ def main() -> None:
         out["kinds"][kind] = letter_means(rows)
         if args.agreement:
             out.setdefault("agreement", {})[kind] = agreement(rows, records)
+            if args.check_library:
+                if model is None:
+                    model, tok = load_model(args.model, dtype="fp32", device="cpu")
+                    questions = {q.id: q for q in load_mmlu("test", data_dir=args.data_dir)}
+                lib = library_decisions(model, tok, questions, records, cfg)
+                here = {p["id"]: p["letter_led"]
+                        for p in out["agreement"][kind]["per_update"]}
+                out["agreement"][kind]["library_disagrees"] = sorted(
+                    rid for rid in here if lib[rid] != here[rid])
             summary = {k: v for k, v in out["agreement"][kind].items() if k != "per_update"}
             print(kind, "agreement", json.dumps(summary), flush=True)
         print(kind, json.dumps(out["kinds"][kind]), flush=True)
