@@ -126,6 +126,7 @@ def agreement(rows: list[dict], records: dict[str, dict]) -> dict:
         "no_gap": sum(p["no_gap"] for p in per),
         "letter_led_among_no_gap": sum(p["letter_led"] and p["no_gap"] for p in per),
         "letter_led_among_gap": sum(p["letter_led"] and not p["no_gap"] for p in per),
+        "content_top_is_target": sum(p["content_top_is_target"] for p in per),
         "content_top_is_target_among_gap": sum(p["content_top_is_target"]
                                                for p in per if not p["no_gap"]),
         "retention_letter_led": mean_se(acc[True]),
