@@ -528,7 +528,7 @@ def summarize_result(result: Any) -> dict[str, Any]:
     """The numbers worth keeping with a version (from ``LearnResult.to_dict()``)."""
     d = result.to_dict()
     keys = ("steps", "stopped_early", "n_pairs", "gap_before", "gap_after", "retention",
-            "seconds", "student_tokens")
+            "seconds", "student_tokens", "declined")
     out = {k: d.get(k) for k in keys}
     out["final_loss"] = d["losses"][-1] if d.get("losses") else None
     return out
