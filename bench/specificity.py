@@ -207,6 +207,8 @@ def main() -> None:
                            "command": "python bench/specificity.py " + " ".join(sys.argv[1:])}
                     if name != setting:
                         rec["measured_at"] = f"step {step} of the {setting} run"
+                    if res is not None and res.declined:
+                        rec["declined"] = res.to_dict()["declined"]
                     if res is not None:
                         # per pair (the question and its rotations): the stop rule sees only
                         # their mean, which can close while the question's own wording lags
@@ -234,6 +236,8 @@ def main() -> None:
 
                 res = trainer.learn([exp], callback=on_step)
                 p_after = option_probs(trainer.model, tok, [msgs(q)])[0]
+                if res.retention is None:  # declined (decline_letter_led): nothing was learned
+                    res.retention = compare(baseline, baseline, probes)
                 for name in todo.values():  # stopped before the checkpoint: same final state
                     record(name, res.steps, p_after, res.retention.to_dict(), res)
                 if not path(setting).is_file():
