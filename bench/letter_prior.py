@@ -185,7 +185,15 @@ def main() -> None:
             row = json.loads(line)
             done[(row["setting"], row["kind"], row["id"])] = row
     cfg = ELConfig(progress=False)
-    model = tok = questions = None
+    loaded: dict[str, Any] = {}
+
+    def model_and_questions() -> tuple[Any, Any, dict]:
+        """Loaded on first use: a rerun with every record already scored needs no model."""
+        if not loaded:
+            loaded["model"], loaded["tok"] = load_model(args.model, dtype="fp32", device="cpu")
+            loaded["questions"] = {q.id: q for q in load_mmlu("test", data_dir=args.data_dir)}
+        return loaded["model"], loaded["tok"], loaded["questions"]
+
     out_path = Path(args.out)
     out = json.loads(out_path.read_text()) if out_path.exists() else {}
     out.update({"model": args.model, "setting": args.setting, "letters": "ABCD"})
@@ -197,9 +205,7 @@ def main() -> None:
         for rid, r in records.items():
             key = (args.setting, kind, rid)
             if key not in done:
-                if model is None:
-                    model, tok = load_model(args.model, dtype="fp32", device="cpu")
-                    questions = {q.id: q for q in load_mmlu("test", data_dir=args.data_dir)}
+                model, tok, questions = model_and_questions()
                 row = {"setting": args.setting, "kind": kind} | score_question(
                     model, tok, questions[rid], r, cfg)
                 with rows_path.open("a") as f:
@@ -211,10 +217,7 @@ def main() -> None:
         if args.agreement:
             out.setdefault("agreement", {})[kind] = agreement(rows, records)
             if args.check_library:
-                if model is None:
-                    model, tok = load_model(args.model, dtype="fp32", device="cpu")
-                    questions = {q.id: q for q in load_mmlu("test", data_dir=args.data_dir)}
-                lib = library_decisions(model, tok, questions, records, cfg)
+                lib = library_decisions(*model_and_questions(), records, cfg)
                 here = {p["id"]: p["letter_led"]
                         for p in out["agreement"][kind]["per_update"]}
                 out["agreement"][kind]["library_disagrees"] = sorted(

@@ -205,13 +205,22 @@ def content_and_letter_shift(teacher_probs: torch.Tensor, student_probs: torch.T
     letter. Pairs of one rotation count together. A shift that follows the content (the feedback
     is about an option) shows in the first; one that stays with a letter whatever it holds (a
     preference for the letter itself) in the second."""
-    n = teacher_probs.shape[1]
     d = teacher_probs / teacher_probs.sum(1, keepdim=True) - \
         student_probs / student_probs.sum(1, keepdim=True)
+    return _rotation_means(d, shifts)
+
+
+def _rotation_means(rows: torch.Tensor, shifts: Sequence[int]) -> tuple[torch.Tensor,
+                                                                        torch.Tensor]:
+    """``rows`` (``[pairs, n]``, one per pair, each from a rotation in ``shifts``) averaged
+    over the rotations by option content (entry i: the option at letter i of the unrotated
+    question) and by letter; pairs of one rotation are averaged first, so each rotation counts
+    once."""
+    n = rows.shape[1]
     rotations = sorted(set(shifts))
     content, letter = torch.zeros(n), torch.zeros(n)
     for r in rotations:
-        mean = d[[j for j, x in enumerate(shifts) if x == r]].mean(0)
+        mean = rows[[j for j, x in enumerate(shifts) if x == r]].mean(0)
         # option i sits under letter (i + r) % n in rotation r
         content += mean[[(i + r) % n for i in range(n)]] / len(rotations)
         letter += mean / len(rotations)
@@ -267,14 +276,8 @@ def _log_targets(teacher_lp: torch.Tensor, student_lp: torch.Tensor,
     the target's *geometric-mean* letter preference is the student's. Rows ``[pairs, n]`` of
     log-probabilities with each pair's teacher letter mass."""
     n = teacher_lp.shape[1]
-    t, s = torch.log_softmax(teacher_lp, -1), torch.log_softmax(student_lp, -1)
-    rotations = sorted(set(shifts))
-    content, letter = torch.zeros(n), torch.zeros(n)
-    for r in rotations:
-        rows = [j for j, x in enumerate(shifts) if x == r]
-        # option i sits under letter (i + r) % n in rotation r
-        content += t[rows].mean(0)[[(i + r) % n for i in range(n)]] / len(rotations)
-        letter += s[rows].mean(0) / len(rotations)
+    content, _ = _rotation_means(torch.log_softmax(teacher_lp, -1), shifts)
+    _, letter = _rotation_means(torch.log_softmax(student_lp, -1), shifts)
     mass = torch.logsumexp(teacher_lp, -1, keepdim=True)
     return torch.stack([torch.log_softmax(content[[(x - r) % n for x in range(n)]] + letter, -1)
                         for r in shifts]) + mass
