@@ -161,7 +161,9 @@ def library_decisions(model: Any, tok: Any, questions: dict, records: dict[str, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--kinds", default="explanation,control,letter")
-    ap.add_argument("--setting", default="default", help="whose records to read")
+    ap.add_argument("--setting", default="no_decline",
+                    help="whose records to read (no_decline: every update trained, the default "
+                         "until decline_letter_led became the default)")
     ap.add_argument("--model", default="default")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", default=str(OUT))

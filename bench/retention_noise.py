@@ -124,7 +124,10 @@ def run(args: argparse.Namespace, out: Path) -> None:
 def summarize(out: Path) -> None:
     """Random-direction points beside the EL updates of bench/specificity.py in the same KL bins."""
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("direction*.json"))]
-    el = [json.loads(p.read_text()) for p in sorted((DEFAULT_OUT / "records").glob("default__*.json"))]
+    # the updates that took a step: a declined one (decline_letter_led) changed nothing
+    el = [r for r in (json.loads(p.read_text())
+                      for p in sorted((DEFAULT_OUT / "records").glob("default__*.json")))
+          if r["steps"] > 0]
     bins = [(0.0, 0.0075), (0.0075, 0.03), (0.03, 0.2)]
     rows = ["| update | KL bin | n | mean KL | accuracy change (pts) | P(right letter) change (pts) |",
             "|---|---|---|---|---|---|"]
@@ -151,7 +154,8 @@ def summarize(out: Path) -> None:
             row(f"EL default, {kind}", lo, hi, [p for p in pts if lo <= p[0] < hi])
     text = ("# Retention noise floor: random LoRA directions vs EL updates\n\n"
             f"{len(runs)} random directions (seeds 0..{len(runs) - 1}), "
-            f"{len(rand)} points; EL rows from bench/results/specificity/records (setting default). "
+            f"{len(rand)} points; EL rows from bench/results/specificity/records (setting default; "
+            "the updates that took a step, not those the decline rule left out). "
             "± is the standard error over updates.\n\n" + "\n".join(rows) + "\n")
     out.with_suffix(".md").write_text(text)
     out.with_suffix(".json").write_text(json.dumps(

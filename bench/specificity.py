@@ -28,6 +28,8 @@ SETTINGS = {
     # steps, stopped once the divergence on the experience has fallen below 0.05 and 0.15 of
     # its first value, but not before 12 passes
     "default": {},
+    # the default until 2026-11-27: every experience learned, none declined as letter-led
+    "no_decline": {"decline_letter_led": False},
     # the same stop rule allowed to end the update at any step (the default for a few hours of
     # 2026-11-26: it ends updates near the peak of their drift on unrelated prompts)
     "stop_anytime": {"stop_min_epochs": 0},
@@ -69,6 +71,10 @@ SETTINGS = {
     "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", **OLD_STOP,
                       "checkpoints": {12: "dev_anchors"}},
 }
+# Every setting but the default was measured before decline_letter_led became the default
+# (2026-11-27), without it: they keep it off, and pair with no_decline (paired_with_default).
+SETTINGS = {name: over if name == "default" else {"decline_letter_led": False, **over}
+            for name, over in SETTINGS.items()}
 KINDS = ("letter", "explanation", "control")
 DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
 
@@ -92,6 +98,11 @@ def main() -> None:
                     help="run only these of the --n questions, comma-separated MMLU ids, each "
                          "optionally prefixed by a feedback kind ('letter:anatomy/114'), e.g. "
                          "another setting on the updates the default left short")
+    ap.add_argument("--reuse",
+                    help="a setting that differs from --settings only in decline_letter_led=False: "
+                         "for updates the decline rule keeps, copy that setting's record (the "
+                         "rule acts before any step, and a kept single experience is the same "
+                         "update), instead of training again; declined ones are measured")
     ap.add_argument("--retention-n", type=int, default=200)
     ap.add_argument("--retention-max-tokens", type=int, default=192,
                     help="probe questions longer than this (prompt tokens) are not sampled: the "
@@ -181,6 +192,8 @@ def main() -> None:
                     continue
                 fb, target = feedback(kind, q, wrong)
                 exp = Experience(format_mc(q), f"The answer is {'ABCD'[attempt]}.", fb)
+                if args.reuse and reuse_kept(args.reuse, path, setting, el, exp, model, tok):
+                    continue
                 p_teacher = option_probs(model, tok, [teacher_messages(exp, el.context_design)])[0]
                 trainer = ExperientialTrainer(
                     model, tok, el, probes=probes, probe_baseline=baseline,
@@ -244,6 +257,29 @@ def main() -> None:
                     record(setting, res.steps, p_after, res.retention.to_dict(), res)
                 trainer.model.unload()
     summarize(out, args)
+
+
+def reuse_kept(reuse: str, path, setting: str, el, exp, model, tok) -> bool:  # noqa: ANN001
+    """Copy ``reuse``'s record of this update if ``setting``'s decline rule keeps the experience
+    (the library's own check, :meth:`ExperientialTrainer.declines`); False if it declines it."""
+    from experiential.trainer import ExperientialTrainer
+
+    over = {k: v for k, v in SETTINGS[reuse].items() if k != "decline_letter_led"}
+    if over != SETTINGS[setting] or SETTINGS[reuse].get("decline_letter_led", True) \
+            or not el.decline_letter_led:
+        raise SystemExit(f"--reuse {reuse}: must be --settings {setting} with "
+                         "decline_letter_led=False")
+    trainer = ExperientialTrainer(model, tok, el, anchor_pairs=[])
+    declined = trainer.declines([exp])
+    trainer.model.unload()
+    if declined or not path(reuse).is_file():
+        return False
+    rec = json.loads(path(reuse).read_text())
+    rec.update(setting=setting, reused_from=reuse, command="python bench/specificity.py "
+               + " ".join(sys.argv[1:]) + f" (kept by decline_letter_led: {reuse}'s record)")
+    path(setting).write_text(json.dumps(rec, indent=1))
+    print(f"{setting:>13} {rec['kind']:>11} {rec['id']:<40} kept: {reuse}'s record", flush=True)
+    return True
 
 
 def questions_and_probes(model, tok, args: argparse.Namespace) -> tuple[list, list, list]:  # noqa: ANN001
@@ -342,14 +378,16 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                      f"{r['retention_letter_gain']:+.3f} | {r['seconds']:.0f} |")
     pairs = paired_with_default(recs)
     if pairs:
-        lines += ["", "Paired with `default` on the same questions (setting minus default, mean ± "
-                  "se over questions): the per-question noise (which near-ties a question's "
-                  "update happens to flip) cancels.", "",
-                  "| setting | feedback | questions | gain in P(target) | retention accuracy | "
-                  "retention mean P(right letter) | retention KL |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "Paired on the same questions (setting minus the setting it is measured "
+                  "against, mean ± se over questions): the per-question noise (which near-ties a "
+                  "question's update happens to flip) cancels. Settings measured without the "
+                  "decline rule are measured against `no_decline`, the default of their time.",
+                  "", "| setting | against | feedback | questions | gain in P(target) | "
+                  "retention accuracy | retention mean P(right letter) | retention KL |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in pairs:
             n = f"{c['n']}" + (f" ({c['same_run']} the same run)" if c["same_run"] else "")
-            lines.append(f"| {c['setting']} | {c['kind']} | {n} | " + " | ".join(
+            lines.append(f"| {c['setting']} | {c['against']} | {c['kind']} | {n} | " + " | ".join(
                 "-" if c[k] is None else f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
                 else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts" for k in ("gain", "acc", "pc", "kl"))
                 + " |")
@@ -388,13 +426,23 @@ def steps_cell(row: dict) -> str:
     return f"{row['steps']:.1f}" + (f" ({low}-{high})" if low != high else "")
 
 
+def against(setting: str) -> str:
+    """The setting another is paired with: the default, or for those without the decline rule
+    (all measured before it was the default) ``no_decline``, the default of their time."""
+    if setting == "no_decline" or SETTINGS.get(setting, {}).get("decline_letter_led", True):
+        return "default"
+    return "no_decline"
+
+
 def paired_with_default(recs: list[dict]) -> list[dict]:
-    """Per non-default setting and kind: the mean per-question difference from ``default``."""
-    base = {(r["kind"], r["id"]): r for r in recs if r["setting"] == "default"}
+    """Per non-default setting and kind: the mean per-question difference from the setting it
+    differs from in one thing (:func:`against`)."""
+    by = {(r["setting"], r["kind"], r["id"]): r for r in recs}
     groups: dict[tuple[str, str], list[tuple[dict, dict]]] = {}
     for r in recs:
-        if r["setting"] != "default" and (r["kind"], r["id"]) in base:
-            groups.setdefault((r["setting"], r["kind"]), []).append((r, base[(r["kind"], r["id"])]))
+        base = by.get((against(r["setting"]), r["kind"], r["id"]))
+        if r["setting"] != "default" and base is not None:
+            groups.setdefault((r["setting"], r["kind"]), []).append((r, base))
 
     def pc(r: dict) -> float:
         return 100 * (r["retention"]["p_correct_after"] - r["retention"]["p_correct_before"])
@@ -412,7 +460,8 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
         # a default derived from this setting's run (``derived_from``) pairs a run with itself
         same = sum(a.get("probs_after", 0) == b.get("probs_after", 1)
                    and a["retention"]["mean_kl"] == b["retention"]["mean_kl"] for a, b in prs)
-        out.append({"setting": setting, "kind": kind, "n": len(prs), "same_run": same,
+        out.append({"setting": setting, "against": against(setting), "kind": kind,
+                    "n": len(prs), "same_run": same,
                     # older records lack expected accuracy: no pairs, no number
                     **{k: (statistics.mean(v), _sem(v)) if v else None for k, v in diffs.items()}})
     return out

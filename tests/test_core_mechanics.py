@@ -601,8 +601,23 @@ def test_content_and_letter_shift_tell_a_content_from_a_letter_preference():
     torch.testing.assert_close(letter2, letter)
 
 
-def test_decline_letter_led_needs_rotations_and_a_teacher():
-    with pytest.raises(ValueError, match="needs every rotation"):
-        cfg(decline_letter_led=True, augment="none")
-    with pytest.raises(ValueError, match="no teacher"):
-        cfg(decline_letter_led=True, objective="sft")
+def test_decline_letter_led_checks_only_updates_with_rotations_and_a_teacher(
+        tiny_model, tiny_tokenizer, monkeypatch):
+    """On by default; it needs every rotation of a question and a teacher's distribution, so
+    without either it checks nothing (and declines nothing) instead of refusing the config."""
+    import experiential.trainer as trainer_module
+
+    assert ELConfig().decline_letter_led
+    checked = []
+    real = trainer_module.letter_splits
+    monkeypatch.setattr(trainer_module, "letter_splits",
+                        lambda pairs, *a, **k: checked.append(len(pairs)) or real(pairs, *a, **k))
+    for over in ({"augment": "none"}, {"objective": "sft"},
+                 {"decline_letter_led": False}):
+        trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(**over))
+        assert trainer.declines([MC]) == {} and checked == [], over
+        tiny_model = trainer.model.unload()
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg())
+    declined = trainer.declines([MC])
+    assert checked == [4]  # the question and its three rotations
+    assert set(declined) <= {"mc"}

@@ -86,8 +86,9 @@ LUNGS = Experience(
 
 def test_decline_letter_led_leaves_out_an_experience_that_would_teach_a_letter(qwen):
     model, tok = qwen
-    config = ELConfig(progress=False, decline_letter_led=True, max_steps=1, retention=False)
+    config = ELConfig(progress=False, max_steps=1, retention=False)  # declining is the default
     trainer = ExperientialTrainer(model, tok, config)
+    assert set(trainer.declines([ALGEBRA, LUNGS])) == {"algebra"}  # the same check, no step
     result = trainer.learn([ALGEBRA, LUNGS])
     trainer.model.unload()
     print("\n" + result.summary())
@@ -108,3 +109,7 @@ def test_decline_letter_led_leaves_out_an_experience_that_would_teach_a_letter(q
     assert result.steps == 0 and result.n_pairs == 0 and not result.losses
     assert "declined algebra" in result.summary() and "learned from 0 of 1" in result.summary()
     torch.testing.assert_close(after, before)
+    trainer = ExperientialTrainer(model, tok, config.replace(decline_letter_led=False))
+    kept = trainer.declines([ALGEBRA, LUNGS])
+    trainer.model.unload()
+    assert kept == {}

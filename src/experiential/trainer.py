@@ -126,6 +126,15 @@ class LearnResult:
 
 
 @dataclass
+class _Prepared:
+    """An update's material once augmented, paired and checked (:meth:`ExperientialTrainer._prepare`)."""
+    experiences: list[Experience]
+    pairs: list[Pair]
+    neighbours: list[Pair]
+    declined: dict[str, LetterSplit]
+
+
+@dataclass
 class StepState:
     """What a step callback sees after each optimizer step (numbers from before the update)."""
 
@@ -234,32 +243,11 @@ class ExperientialTrainer:
         n_given = len(experiences)
         self._seed()
         start = time.perf_counter()
-        kinds = parse_augment(cfg.augment)
-        experiences = list(experiences)
-        with self.teacher.active() as base:
-            neighbours = from_main(neighbour_anchor_pairs(
-                base, tok, experiences, cfg.anchor_neighbours, seed=cfg.seed)) \
-                if cfg.anchor_weight > 0 else []
-            if "paraphrase" in kinds:  # first, so each rewording is rotated too
-                experiences = paraphrase(base, tok, experiences, cfg.paraphrase_copies,
-                                         seed=cfg.seed)
-        experiences = augment(experiences, "rotate_options" if "rotate_options" in kinds
-                              else "none", cfg.augment_copies)
-        with self.teacher.active() as base:
-            if cfg.reflect:  # after augmentation: each variant reflects on its own option order
-                experiences = reflect(base, tok, experiences,
-                                      max_new_tokens=cfg.reflect_max_new_tokens)
-            pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
-        declined: dict[str, LetterSplit] = {}
-        if cfg.decline_letter_led:
-            splits = letter_splits(pairs, experiences, tok, self.teacher, cfg.micro_batch_size)
-            declined = {f: s for f, s in splits.items() if s.letter_led}
-            if declined:
-                by_id = {e.id: e for e in experiences}
-                pairs = [p for p in pairs if family_of(by_id[p.experience_id]) not in declined]
-                experiences = [e for e in experiences if family_of(e) not in declined]
-                if not pairs:
-                    return self._nothing_learned(n_given, declined, start)
+        prep = self._prepare(experiences)
+        experiences, pairs, neighbours, declined = \
+            prep.experiences, prep.pairs, prep.neighbours, prep.declined
+        if declined and not pairs:
+            return self._nothing_learned(n_given, declined, start)
         pairs = self._letter_prior(pairs, experiences)
         if not pairs:
             raise ValueError("the experiences produced no response tokens to learn from")
@@ -371,6 +359,46 @@ class ExperientialTrainer:
                 {"experience_id": p.experience_id, "prompt": p.prompt_text,
                  "answer": p.response_text} for p in neighbours]} if neighbours else {}))
         return self.result
+
+    def declines(self, experiences: Sequence[Experience]) -> dict[str, LetterSplit]:
+        """The experiences ``learn`` would leave out (``ELConfig.decline_letter_led``), by the
+        id their rotations share, with each one's split; no step is taken. It prepares the
+        update as ``learn`` does (same seed), so for a ``response='samples'`` objective it
+        samples."""
+        self._seed()
+        return self._prepare(list(experiences)).declined
+
+    def _prepare(self, experiences: Sequence[Experience]) -> _Prepared:
+        """Augment the experiences, build their student/teacher pairs and their neighbour
+        anchors, and leave out the letter-led ones (with ``decline_letter_led``, when the
+        update has every rotation of a question and a teacher)."""
+        cfg, tok = self.cfg, self.tok
+        kinds = parse_augment(cfg.augment)
+        experiences = list(experiences)
+        with self.teacher.active() as base:
+            neighbours = from_main(neighbour_anchor_pairs(
+                base, tok, experiences, cfg.anchor_neighbours, seed=cfg.seed)) \
+                if cfg.anchor_weight > 0 else []
+            if "paraphrase" in kinds:  # first, so each rewording is rotated too
+                experiences = paraphrase(base, tok, experiences, cfg.paraphrase_copies,
+                                         seed=cfg.seed)
+        experiences = augment(experiences, "rotate_options" if "rotate_options" in kinds
+                              else "none", cfg.augment_copies)
+        with self.teacher.active() as base:
+            if cfg.reflect:  # after augmentation: each variant reflects on its own option order
+                experiences = reflect(base, tok, experiences,
+                                      max_new_tokens=cfg.reflect_max_new_tokens)
+            pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
+        declined: dict[str, LetterSplit] = {}
+        if cfg.decline_letter_led and "rotate_options" in kinds and cfg.objective != "sft":
+            splits = letter_splits(pairs, experiences, tok, self.teacher, cfg.micro_batch_size)
+            declined = {f: s for f, s in splits.items() if s.letter_led}
+        if declined:
+            by_id = {e.id: e for e in experiences}
+            pairs = [p for p in pairs if family_of(by_id[p.experience_id]) not in declined]
+            experiences = [e for e in experiences if family_of(e) not in declined]
+            neighbours = [p for p in neighbours if p.experience_id not in declined]
+        return _Prepared(experiences, pairs, neighbours, declined)
 
     def _nothing_learned(self, n_given: int, declined: dict[str, LetterSplit],
                          start: float) -> LearnResult:

@@ -250,6 +250,9 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
                 "gap_before": res.to_dict()["gap_before"], "gap_after": res.to_dict()["gap_after"],
                 "retention": res.retention.to_dict() if res.retention else None,
                 "steps": res.steps, "seconds": res.seconds,
+                # left out by decline_letter_led: their teacher would teach a letter as such
+                "declined": {e.metadata["question_id"]: res.declined[e.id].describe()
+                             for e in exps if e.id in res.declined},
                 "per_question": [
                     {"id": q.id, "target": t, "before": float(before_t[i]),
                      "teacher": float(teacher_t[i]), "after": float(after_t[i]),
@@ -338,6 +341,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['gap_before'].get('mean_gap', float('nan')):+.3f} | "
             f"{ret.get('accuracy_change', float('nan')) * 100:+.1f} pts, "
             f"{ret.get('mean_kl', float('nan')):.3f} | {published} |")
+    declined = [f"{kind}: {', '.join(r['declined'])}" for kind, r in report["results"].items()
+                if r.get("declined")]
+    if declined:
+        lines.append("\nLeft out of the update (`decline_letter_led`: the teacher's shift was led "
+                     "by a letter, not by an option's content; their P(target) after is the "
+                     "update's effect on them as unseen questions): " + "; ".join(declined) + ".")
     return "\n".join(lines) + "\n"
 
 
