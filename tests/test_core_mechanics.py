@@ -19,7 +19,9 @@ EXP = Experience("What is the capital of France?", "The answer is A.",
 
 
 def cfg(**kw):
-    base = dict(max_steps=3, batch_size=2, micro_batch_size=1, learning_rate=5e-3, progress=False,
+    # decline_letter_led off: on a random tiny model a multiple-choice experience may well be
+    # "letter-led" and left out, which would hide the mechanics these tests are about
+    base = dict(decline_letter_led=False, max_steps=3, batch_size=2, micro_batch_size=1, learning_rate=5e-3, progress=False,
                 retention=False, anchor_weight=0.0, stop_kl=None, stop_min_epochs=0, lora_r=4,
                 lora_alpha=8)
     base.update(kw)
@@ -612,12 +614,12 @@ def test_decline_letter_led_checks_only_updates_with_rotations_and_a_teacher(
     real = trainer_module.letter_splits
     monkeypatch.setattr(trainer_module, "letter_splits",
                         lambda pairs, *a, **k: checked.append(len(pairs)) or real(pairs, *a, **k))
-    for over in ({"augment": "none"}, {"objective": "sft"},
-                 {"decline_letter_led": False}):
+    for over in ({"augment": "none"}, {"objective": "sft"}, {}):
+        over = {"decline_letter_led": bool(over), **over}  # {}: cfg()'s, off
         trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(**over))
         assert trainer.declines([MC]) == {} and checked == [], over
         tiny_model = trainer.model.unload()
-    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg())
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(decline_letter_led=True))
     declined = trainer.declines([MC])
     assert checked == [4]  # the question and its three rotations
     assert set(declined) <= {"mc"}

@@ -22,7 +22,9 @@ def test_feedback_kinds_point_at_the_right_target():
 
 
 def test_pipeline_writes_report_and_resumes(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
-    el = ELConfig(max_steps=1, anchor_weight=0.0, progress=False, lora_r=2)
+    # decline_letter_led off: on the random tiny model the rule leaves these questions out
+    el = ELConfig(max_steps=1, anchor_weight=0.0, progress=False, lora_r=2,
+                  decline_letter_led=False)
     cfg = ShiftConfig(n_questions=3, retention_n=4, kinds=("letter", "control"))
     load = lambda _: (tiny_model, tiny_tokenizer)  # noqa: E731
     report = run("tiny", tmp_path, cfg, el, questions=QS, probes=QS[:4], load=load)
