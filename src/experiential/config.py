@@ -84,8 +84,8 @@ class ELConfig:
     rotations (:mod:`experiential.letter_prior`), so the update cannot move letters as such.
     On 8 single MMLU explanation experiences ``student_log`` removed the updates' drift toward B
     on unrelated questions and halved their retention KL, leaving letter-feedback updates as
-    they were (``reports/specificity.md``); off by default while the benchmark's default rows
-    are measured without it. ``student_mass`` cost 3 letter updates a fifth of their transfer
+    they were (``reports/specificity.md``); off by default: measured on 15 explanation and 8
+    letter updates only, and its gain was on updates ``decline_letter_led`` now leaves out. ``student_mass`` cost 3 letter updates a fifth of their transfer
     and moved unrelated questions toward the student's favourite letter."""
     decline_letter_led: bool = True
     """Leave out of the update each multiple-choice experience whose teacher, over the question's
@@ -93,12 +93,14 @@ class ELConfig:
     any option's content (:class:`experiential.letter_prior.LetterSplit`): what it would distil
     is mostly a preference for that letter. No label is needed. It acts where it can: with
     ``rotate_options`` in ``augment`` and an objective with a teacher (not ``sft``); elsewhere
-    nothing is checked or declined. On the MMLU explanation experiences of
-    ``reports/specificity.md`` it picked 10 of the 12 whose teacher had no gap on the true answer
-    and 1 of the 36 that had one (none of 50 letter and 48 wrong-letter experiences); the option
-    content the teacher raised most was the true answer in all 48, and declining cut the
-    explanation updates' retention cost from 2.0 to 1.2 accuracy points at the same transfer.
-    Declined experiences are listed in the result (``LearnResult.declined``) and its summary."""
+    nothing is checked or declined. On the 50 MMLU explanation experiences of
+    ``reports/specificity.md`` it declines 10 of the 13 whose teacher had no gap on the true
+    answer and 1 of the 37 that had one (none of 50 letter and 50 wrong-letter experiences); the
+    option content the teacher raised most was the true answer in all 50, and declining cut the
+    explanation updates' retention cost from 2.0 to 1.2 accuracy points (paired +0.8 ± 0.3) at
+    the same transfer (0.69 against 0.67). Declined experiences are listed in the result
+    (``LearnResult.declined``) and its summary; :meth:`ExperientialTrainer.declines` gives the
+    decision without a step."""
     paraphrase_copies: int = 2
     """Rewordings per experience when ``augment`` includes ``paraphrase``."""
     stop_kl: Optional[float] = 0.05

@@ -3,15 +3,16 @@
 Rotating a question's options (``augment="rotate_options"``) puts its content under every letter,
 so no *letter* is taught as the answer. It does not cancel the teacher's own preference among the
 letters: shown an explanation, Qwen2.5-Coder-0.5B puts more mass on B whatever the content
-(teacher minus student letter mass, averaged over a question and its 3 rotations, over 48
-benchmark questions: B +.094; ``bench/letter_prior.py``), and the explanation updates' drift on
+(teacher minus student letter mass, averaged over a question and its 3 rotations, over 50
+benchmark questions: B +.092; ``bench/letter_prior.py``), and the explanation updates' drift on
 unrelated questions went the same way on all four letters.
 
 Per question, the same average taken by option content and by letter separates the two
-(:func:`content_and_letter_shift`): over those 48 explanation experiences the content the
+(:func:`content_and_letter_shift`): over those 50 explanation experiences the content the
 teacher raises most is the true answer in every one, but in 11 a letter as such gains more, and
-these include 10 of the 12 whose teacher had no gap on the true answer as asked. ``ELConfig(
-decline_letter_led=True)`` leaves such experiences out of an update (:func:`letter_splits`).
+these include 10 of the 13 whose teacher had no gap on the true answer as asked.
+``ELConfig.decline_letter_led`` (on by default) leaves such experiences out of an update
+(:func:`letter_splits`).
 
 With every rotation of a question in the update, two ways to give the teacher the student's
 letter preference instead (``ELConfig.letter_prior``), each keeping the teacher's total mass on
