@@ -21,7 +21,8 @@ EXP = Experience("What is the capital of France?", "The answer is A.",
 def cfg(**kw):
     # decline_letter_led off: on a random tiny model a multiple-choice experience may well be
     # "letter-led" and left out, which would hide the mechanics these tests are about
-    base = dict(decline_letter_led=False, max_steps=3, batch_size=2, micro_batch_size=1, learning_rate=5e-3, progress=False,
+    base = dict(decline_letter_led=False, max_steps=3, batch_size=2, micro_batch_size=1,
+                learning_rate=5e-3, progress=False,
                 retention=False, anchor_weight=0.0, stop_kl=None, stop_min_epochs=0, lora_r=4,
                 lora_alpha=8)
     base.update(kw)

@@ -85,8 +85,9 @@ class ELConfig:
     On 8 single MMLU explanation experiences ``student_log`` removed the updates' drift toward B
     on unrelated questions and halved their retention KL, leaving letter-feedback updates as
     they were (``reports/specificity.md``); off by default: measured on 15 explanation and 8
-    letter updates only, and its gain was on updates ``decline_letter_led`` now leaves out. ``student_mass`` cost 3 letter updates a fifth of their transfer
-    and moved unrelated questions toward the student's favourite letter."""
+    letter updates only, and its gain was on updates ``decline_letter_led`` now leaves out.
+    ``student_mass`` cost 3 letter updates a fifth of their transfer and moved unrelated
+    questions toward the student's favourite letter."""
     decline_letter_led: bool = True
     """Leave out of the update each multiple-choice experience whose teacher, over the question's
     rotations (every option under every letter), raises one letter as such more than it raises
