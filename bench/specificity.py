@@ -129,6 +129,8 @@ def main() -> None:
     if args.summarize_only:
         summarize(Path(args.out), args)
         return
+    for setting in args.settings.split(",") if args.reuse else []:
+        check_reuse(args.reuse, setting)  # before the model loads
 
     import torch
 
@@ -259,16 +261,22 @@ def main() -> None:
     summarize(out, args)
 
 
-def reuse_kept(reuse: str, path, setting: str, el, exp, model, tok) -> bool:  # noqa: ANN001
-    """Copy ``reuse``'s record of this update if ``setting``'s decline rule keeps the experience
-    (the library's own check, :meth:`ExperientialTrainer.declines`); False if it declines it."""
-    from experiential.trainer import ExperientialTrainer
-
+def check_reuse(reuse: str, setting: str) -> None:
+    """``--reuse`` copies records only between settings that differ in the decline rule alone,
+    with it on in ``setting``."""
     over = {k: v for k, v in SETTINGS[reuse].items() if k != "decline_letter_led"}
     if over != SETTINGS[setting] or SETTINGS[reuse].get("decline_letter_led", True) \
-            or not el.decline_letter_led:
+            or not SETTINGS[setting].get("decline_letter_led", True):
         raise SystemExit(f"--reuse {reuse}: must be --settings {setting} with "
                          "decline_letter_led=False")
+
+
+def reuse_kept(reuse: str, path, setting: str, el, exp, model, tok) -> bool:  # noqa: ANN001
+    """Copy ``reuse``'s record of this update if ``setting``'s decline rule keeps the experience
+    (the library's own check, :meth:`ExperientialTrainer.declines`); False if it declines it
+    (:func:`check_reuse` has checked the two settings)."""
+    from experiential.trainer import ExperientialTrainer
+
     trainer = ExperientialTrainer(model, tok, el, anchor_pairs=[])
     declined = trainer.declines([exp])
     trainer.model.unload()

@@ -615,8 +615,9 @@ def test_decline_letter_led_checks_only_updates_with_rotations_and_a_teacher(
     real = trainer_module.letter_splits
     monkeypatch.setattr(trainer_module, "letter_splits",
                         lambda pairs, *a, **k: checked.append(len(pairs)) or real(pairs, *a, **k))
-    for over in ({"augment": "none"}, {"objective": "sft"}, {}):
-        over = {"decline_letter_led": bool(over), **over}  # {}: cfg()'s, off
+    for over in ({"decline_letter_led": True, "augment": "none"},
+                 {"decline_letter_led": True, "objective": "sft"},
+                 {"decline_letter_led": False}):
         trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(**over))
         assert trainer.declines([MC]) == {} and checked == [], over
         tiny_model = trainer.model.unload()

@@ -54,7 +54,8 @@ def test_paraphrase_variants_keep_attempt_feedback_and_options(tiny_model, tiny_
 def test_trainer_learns_every_rewording_rotated(tiny_model, tiny_tokenizer):
     # decline_letter_led off: on the random tiny model it may leave a wording out
     cfg = ELConfig(augment="rotate_options+paraphrase", paraphrase_copies=2, max_steps=1,
-                   decline_letter_led=False, progress=False, retention=False, anchor_weight=0.0, lora_r=4, lora_alpha=8)
+                   decline_letter_led=False, progress=False, retention=False, anchor_weight=0.0,
+                   lora_r=4, lora_alpha=8)
     trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg)
     result = trainer.learn([MC])
     kept = result.extra["paraphrases_kept"]
