@@ -198,7 +198,7 @@ class ELConfig:
         if self.letter_prior != "teacher" and "rotate_options" not in parse_augment(self.augment):
             raise ValueError(f"letter_prior={self.letter_prior!r} needs every rotation of a "
                              "question: add 'rotate_options' to augment")
-        if self.letter_prior != "teacher" and self.objective == "sft":
+        if self.letter_prior != "teacher" and not self.distils_teacher:
             raise ValueError(f"letter_prior={self.letter_prior!r} changes a teacher's "
                              "distribution; the sft objective has no teacher")
         if self.response not in ("attempt", "samples"):
@@ -217,6 +217,13 @@ class ELConfig:
             raise ValueError("jsd_beta must be in (0, 1)")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be > 0")
+
+    @property
+    def distils_teacher(self) -> bool:
+        """Whether the objective learns the teacher's distributions (not ``sft``)."""
+        from .objectives import OBJECTIVES  # the objectives import this module
+
+        return OBJECTIVES[self.objective].distils_teacher
 
     @property
     def divergence_alpha(self) -> float:

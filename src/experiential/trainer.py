@@ -390,7 +390,7 @@ class ExperientialTrainer:
                                       max_new_tokens=cfg.reflect_max_new_tokens)
             pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
         declined: dict[str, LetterSplit] = {}
-        if cfg.decline_letter_led and "rotate_options" in kinds and cfg.objective != "sft":
+        if cfg.decline_letter_led and "rotate_options" in kinds and cfg.distils_teacher:
             splits = letter_splits(pairs, experiences, tok, self.teacher, cfg.micro_batch_size)
             declined = {f: s for f, s in splits.items() if s.letter_led}
         if declined:

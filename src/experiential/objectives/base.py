@@ -46,6 +46,9 @@ class Pair:
 
 class Objective(Protocol):
     name: str
+    distils_teacher: bool
+    """Whether the loss uses the teacher's distributions (what the letter checks and the letter
+    prior act on); ``sft`` learns the revision's tokens and has none."""
 
     def prepare(self, model: Any, tok: Any, experiences: Sequence[Experience],
                 cfg: ELConfig) -> list[Pair]:

@@ -33,6 +33,7 @@ def revise(model: Any, tok: Any, experiences: Sequence[Experience],
 
 class ReviseThenDistill:
     name = "revise_then_distill"
+    distils_teacher = True
 
     def prepare(self, model: Any, tok: Any, experiences: Sequence[Experience],
                 cfg: ELConfig) -> list[Pair]:
@@ -53,6 +54,7 @@ class SFT(ReviseThenDistill):
     """Cross-entropy on the revision under the student's context: no teacher distributions."""
 
     name = "sft"
+    distils_teacher = False
 
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
              pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:

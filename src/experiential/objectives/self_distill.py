@@ -78,6 +78,7 @@ def warn_unfocused(pairs: Sequence[Pair], cfg: ELConfig) -> None:
 
 class SelfDistill:
     name = "self_distill"
+    distils_teacher = True
 
     def prepare(self, model: Any, tok: Any, experiences: Sequence[Experience],
                 cfg: ELConfig) -> list[Pair]:
