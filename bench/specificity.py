@@ -65,16 +65,17 @@ SETTINGS = {
     # Adam's first step moves every LoRA weight by about lr whatever its gradient: without a ramp
     # the anchors' KL jumps to ~0.4 after step 1. 16 steps, and 12 on the way.
     "warmup4_epochs16": {"epochs": 16, **OLD_STOP, "checkpoints": {12: "epochs12"}},
-    "epochs16_anchors16": {"epochs": 16, "anchor_per_step": 16, **OLD_STOP},
-    # replay anchors from the same distribution as the probes: MMLU *dev* questions (disjoint from
-    # the test-split probes), answered by the frozen model, plus the built-in chat anchors
-    "dev_anchors16": {"epochs": 16, "anchor_set": "mmlu_dev", **OLD_STOP,
-                      "checkpoints": {12: "dev_anchors"}},
 }
-# Every setting but the default was measured before decline_letter_led became the default
+# Every setting above but the default was measured before decline_letter_led became the default
 # (2026-11-27), without it: they keep it off, and pair with no_decline (paired_with_default).
 SETTINGS = {name: over if name == "default" else {"decline_letter_led": False, **over}
             for name, over in SETTINGS.items()}
+SETTINGS.update({
+    # replay anchors from the probes' distribution: the 285 four-option MMLU *dev* questions
+    # (disjoint from the test-split probes), answered by the frozen model, plus the built-in chat
+    # anchors; 8 per step are drawn from many more distinct prompts than the built-in 30
+    "dev_anchors": {"anchor_set": "mmlu_dev"},
+})
 KINDS = ("letter", "explanation", "control")
 DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
 
