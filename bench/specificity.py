@@ -71,9 +71,9 @@ SETTINGS = {
 SETTINGS = {name: over if name == "default" else {"decline_letter_led": False, **over}
             for name, over in SETTINGS.items()}
 SETTINGS.update({
-    # replay anchors from the probes' distribution: the 285 four-option MMLU *dev* questions
-    # (disjoint from the test-split probes), answered by the frozen model, plus the built-in chat
-    # anchors; 8 per step are drawn from many more distinct prompts than the built-in 30
+    # replay anchors from the probes' distribution: the four-option MMLU *dev* questions of at
+    # most 192 prompt tokens (251; disjoint from the test-split probes), answered by the frozen
+    # model, plus the built-in chat anchors: 8 per step cycle through 257 prompts, not 30
     "dev_anchors": {"anchor_set": "mmlu_dev"},
 })
 KINDS = ("letter", "explanation", "control")

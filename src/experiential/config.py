@@ -200,7 +200,7 @@ class ELConfig:
                              "question: add 'rotate_options' to augment")
         if self.letter_prior != "teacher" and not self.distils_teacher:
             raise ValueError(f"letter_prior={self.letter_prior!r} changes a teacher's "
-                             "distribution; the sft objective has no teacher")
+                             f"distribution; the {self.objective} objective has no teacher")
         if self.response not in ("attempt", "samples"):
             raise ValueError(f"response must be 'attempt' or 'samples', got {self.response!r}")
         if self.stop_min_epochs < 0:
