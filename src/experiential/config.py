@@ -182,8 +182,11 @@ class ELConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.objective not in ("self_distill", "revise_then_distill", "sft"):
-            raise ValueError(f"unknown objective {self.objective!r}")
+        from .objectives import OBJECTIVES  # the objectives import this module
+
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of "
+                             f"{sorted(OBJECTIVES)}")
         if self.divergence not in ("forward_kl", "reverse_kl", "jsd"):
             raise ValueError(f"unknown divergence {self.divergence!r}")
         from .augment import parse_augment
