@@ -124,3 +124,32 @@ def test_critic_explanation_source_names_the_backend():
                                         "http://127.0.0.1:9/v1, model gpt-4o-mini")
     local = critic_explainer(Critic(LocalBackend("critic"), cache_dir=None))  # not loaded
     assert explainer_source(local) == "critic: local model critic (Qwen2.5-Coder-1.5B-Instruct)"
+
+
+def test_mmlu_dev_anchors_replay_short_four_option_dev_questions(tiny_model, tiny_tokenizer,
+                                                                 tmp_path, monkeypatch):
+    import experiential.tasks.data as data
+
+    long_q = MCQuestion("Why? " * 300, ["w", "x", "y", "z"], 0, "s", "long")
+    three = MCQuestion("Pick one?", ["w", "x", "y"], 0, "s", "three")
+    dev = [QS[0], QS[1], long_q, three]
+    seen = []
+
+    def load_mmlu(split, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        seen.append(split)
+        return dev
+
+    monkeypatch.setattr(data, "load_mmlu", load_mmlu)
+    el = ELConfig(max_steps=1, progress=False, lora_r=2, decline_letter_led=False,
+                  anchor_per_step=2)
+    cfg = ShiftConfig(n_questions=2, retention_n=4, kinds=("letter",), anchors="mmlu_dev")
+    report = run("tiny", tmp_path, cfg, el, questions=QS, probes=QS[:4],
+                 load=lambda _: (tiny_model, tiny_tokenizer))
+    # the two short four-option questions, from the dev split (not the test questions given)
+    assert seen == ["dev"] and report["anchor_questions"] == 2
+    assert "2 MMLU dev questions" in (tmp_path / "report.md").read_text()
+    with pytest.raises(ValueError, match="both choose the replay anchors"):
+        run("tiny", tmp_path / "x", cfg, el.replace(anchor_prompts="a.jsonl"), questions=QS,
+            probes=QS[:4], load=lambda _: (tiny_model, tiny_tokenizer))
+    with pytest.raises(ValueError, match="choose one of builtin, mmlu_dev"):
+        ShiftConfig(anchors="dev")

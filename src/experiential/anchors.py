@@ -38,6 +38,24 @@ def default_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
     return mc, chat
 
 
+def mc_anchor_prompts(tok: Any, questions: Sequence[Any], max_tokens: int = 192
+                      ) -> list[list[Message]]:
+    """Multiple-choice anchors from benchmark questions (e.g. the MMLU *dev* split, disjoint from
+    the test split a run learns and is probed on): the four-option ones whose prompt is at most
+    ``max_tokens`` tokens, formatted as the probes are. Replay anchors drawn from the probes'
+    distribution (251 MMLU dev questions instead of the 24 built-in everyday ones) halved the
+    retention KL of explanation updates (``reports/specificity.md``, setting ``dev_anchors``);
+    the length cap keeps a step's anchors from costing more than its experiences."""
+    from .tasks.mc import format_mc
+
+    out = []
+    for q in questions:
+        msgs = [{"role": "user", "content": format_mc(q)}]
+        if len(q.choices) == 4 and len(context_ids(tok, msgs)) <= max_tokens:
+            out.append(msgs)
+    return out
+
+
 def load_anchor_prompts(path: str | Path) -> list[list[Message]]:
     """Open prompts (``{"prompt": text or messages}`` per line) from a JSONL file."""
     return [_prompt(d, path, i) for i, d in _json_lines(path)]

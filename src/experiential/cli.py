@@ -262,7 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_repro_mmlu(args: argparse.Namespace) -> int:
     from .tasks.mmlu_shift import ShiftConfig, run
 
-    cfg = ShiftConfig(n_questions=args.limit, seed=args.seed, retention_n=args.retention_n)
+    cfg = ShiftConfig(n_questions=args.limit, seed=args.seed, retention_n=args.retention_n,
+                      anchors=args.anchors)
     if args.kinds:
         cfg.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     el = _repro_el_config(args)
@@ -550,8 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, default=8, help="questions the model gets wrong")
     r.add_argument("--steps", type=int, help="EL steps per kind (default: from --epochs)")
     r.add_argument("--epochs", type=float, help="passes over the experiences (default: the "
-                                                "config's, 8)")
+                                                "config's: at most 16, ended by its stop rule)")
     r.add_argument("--retention-n", type=int, default=48)
+    from .tasks.mmlu_shift import ANCHOR_SETS
+
+    r.add_argument("--anchors", choices=ANCHOR_SETS, default="builtin",
+                   help="replay anchors: the built-in everyday set, or the MMLU dev questions "
+                        "(from the probes' distribution; slower steps)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--kinds", help="comma-separated subset of letter,letter_explanation,"
                                    "explanation,control (default: all four)")

@@ -140,6 +140,9 @@ def feedback_for(kind: str, q: MCQuestion, wrong: int, explanation: str) -> tupl
     raise ValueError(kind)
 
 
+ANCHOR_SETS = ("builtin", "mmlu_dev")
+
+
 @dataclass
 class ShiftConfig:
     n_questions: int = 8
@@ -147,6 +150,15 @@ class ShiftConfig:
     subjects: Sequence[str] | None = None
     kinds: Sequence[str] = KINDS
     retention_n: int = 48
+    anchors: str = "builtin"
+    """Replay anchors: ``builtin`` (the library's everyday questions and chat prompts, or
+    ``ELConfig.anchor_prompts``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most 192
+    prompt tokens, answered by the base model, plus the built-in chat prompts: anchors from the
+    probes' distribution, :func:`experiential.anchors.mc_anchor_prompts`)."""
+
+    def __post_init__(self) -> None:
+        if self.anchors not in ANCHOR_SETS:
+            raise ValueError(f"anchors={self.anchors!r}: choose one of {', '.join(ANCHOR_SETS)}")
 
 
 def stage_args(model_name: str, cfg: ShiftConfig, el: ELConfig, explanations: str | None,
@@ -156,6 +168,7 @@ def stage_args(model_name: str, cfg: ShiftConfig, el: ELConfig, explanations: st
     return {"model": model_name, "seed": cfg.seed, "n_questions": cfg.n_questions,
             "subjects": list(cfg.subjects) if cfg.subjects else None, "kinds": list(cfg.kinds),
             "retention_n": cfg.retention_n, "explanations": explanations,
+            "anchors": cfg.anchors,
             "questions": [q.id for q in questions] if questions is not None else None,
             "el": {k: v for k, v in el.to_dict().items() if k != "progress"}}
 
@@ -183,6 +196,9 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     from .data import load_mmlu
     from .mc import sample_questions
 
+    if cfg.anchors != "builtin" and el.anchor_prompts:
+        raise ValueError(f"anchors={cfg.anchors!r} and ELConfig.anchor_prompts="
+                         f"{el.anchor_prompts!r} both choose the replay anchors; pass one")
     out = Path(out_dir)
     t0 = time.time()
     explainer = explainer or content_explanation
@@ -217,6 +233,17 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     explanations: dict[str, str] = {}
     if wants_explanations:
         explanations = st.run("explanations", lambda: {q.id: explainer(q) for q in chosen})
+    anchor_pairs, dev = None, []
+    if cfg.anchors == "mmlu_dev" and el.anchor_weight > 0:
+        from ..anchors import build_anchor_pairs, default_anchor_prompts, mc_anchor_prompts
+
+        dev = mc_anchor_prompts(tok, load_mmlu("dev", data_dir=data_dir,
+                                               allow_download=allow_download))
+        if not dev:
+            raise ValueError("anchors='mmlu_dev': no four-option MMLU dev question of at most "
+                             "192 prompt tokens")
+        # the base model's answers: every stage starts from it (the adapter is unloaded after)
+        anchor_pairs = build_anchor_pairs(model, tok, dev, default_anchor_prompts()[1])
     results: dict[str, Any] = {}
     for kind in cfg.kinds:
 
@@ -233,7 +260,8 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
             # The base model with the feedback in context: what the update could reach.
             p_teacher = option_probs(model, tok, [teacher_messages(
                 e, el.context_design, el.context_template) for e in exps])
-            trainer = ExperientialTrainer(model, tok, el, probes=probes)
+            trainer = ExperientialTrainer(model, tok, el, probes=probes,
+                                          anchor_pairs=anchor_pairs)
             res = trainer.learn(exps)
             p_after = option_probs(trainer.model, tok, [_msgs(q) for q in chosen])
             if hasattr(trainer.model, "unload"):
@@ -266,6 +294,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         results[kind]["sem_p_target_after"] = sem([x["after"] for x in per])
     report = {"experiment": "mmlu_shift", "model": model_name, **provenance(model_name, command),
               "n_questions": len(chosen), "seed": cfg.seed, "config": el.to_dict(),
+              "anchors": cfg.anchors, "anchor_questions": len(dev),
               "explanation_source": source, "published": PUBLISHED,
               "results": results, "seconds": time.time() - t0,
               "questions": [q.id for q in chosen]}
@@ -325,6 +354,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"Ours: `{report['model']}`, {report['n_questions']} MMLU test questions it gets "
              f"wrong, seed {report['seed']}, one EL update per kind over all of them. "
              f"Published: {pub['model']}.\n"]
+    if report.get("anchors") == "mmlu_dev":
+        lines.append(f"Replay anchors: {report['anchor_questions']} MMLU dev questions (answered "
+                     f"by the base model) and the built-in chat prompts.\n")
     if report.get("explanation_source"):
         lines.append(f"Explanations (kinds letter_explanation, explanation): "
                      f"{report['explanation_source']}.\n")
