@@ -77,7 +77,9 @@ SETTINGS.update({
     "dev_anchors": {"anchor_set": "mmlu_dev"},
     # both levers on explanation feedback: answer_span raised its transfer (0.52 -> 0.82 on 8,
     # without the decline rule), dev_anchors halved its retention KL and cost (12 questions)
-    "dev_anchors_answer": {"anchor_set": "mmlu_dev", "distill_span": "answer"},
+    # (paired with dev_anchors, from which it differs in the span alone)
+    "dev_anchors_answer": {"anchor_set": "mmlu_dev", "distill_span": "answer",
+                           "against": "dev_anchors"},
 })
 KINDS = ("letter", "explanation", "control")
 DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
@@ -182,6 +184,7 @@ def main() -> None:
         # the last step of a k-step run.
         checkpoints: dict[int, str] = over.pop("checkpoints", {})
         which_anchors = over.pop("anchor_set", "builtin")
+        over.pop("against", None)
         el = ELConfig(progress=False).replace(**over)
         for q, p_s in list(zip(chosen, p_before))[:args.first or None]:
             attempt = int(p_s.argmax())
@@ -436,8 +439,11 @@ def steps_cell(row: dict) -> str:
 
 
 def against(setting: str) -> str:
-    """The setting another is paired with: the default, or for those without the decline rule
-    (all measured before it was the default) ``no_decline``, the default of their time."""
+    """The setting another is paired with: the one it names (``against``), else the default, or
+    for those without the decline rule (all measured before it was the default) ``no_decline``,
+    the default of their time."""
+    if "against" in SETTINGS.get(setting, {}):
+        return SETTINGS[setting]["against"]
     if setting == "no_decline" or SETTINGS.get(setting, {}).get("decline_letter_led", True):
         return "default"
     return "no_decline"
