@@ -76,8 +76,8 @@ SETTINGS.update({
     # model, plus the built-in chat anchors: 8 per step cycle through 257 prompts, not 30
     "dev_anchors": {"anchor_set": "mmlu_dev"},
     # both levers on explanation feedback: answer_span raised its transfer (0.52 -> 0.82 on 8,
-    # without the decline rule), dev_anchors halved its retention KL and cost (12 questions)
-    # (paired with dev_anchors, from which it differs in the span alone)
+    # without the decline rule), dev_anchors halved its retention KL and cost (12 questions);
+    # paired with dev_anchors, from which it differs in the span alone
     "dev_anchors_answer": {"anchor_set": "mmlu_dev", "distill_span": "answer",
                            "against": "dev_anchors"},
 })

@@ -354,7 +354,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"Ours: `{report['model']}`, {report['n_questions']} MMLU test questions it gets "
              f"wrong, seed {report['seed']}, one EL update per kind over all of them. "
              f"Published: {pub['model']}.\n"]
-    if report.get("anchors") == "mmlu_dev":
+    if report.get("anchor_questions"):
         lines.append(f"Replay anchors: {report['anchor_questions']} MMLU dev questions (answered "
                      f"by the base model) and the built-in chat prompts.\n")
     if report.get("explanation_source"):
