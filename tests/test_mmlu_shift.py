@@ -140,6 +140,16 @@ def test_mmlu_dev_anchors_replay_short_four_option_dev_questions(tiny_model, tin
         return dev
 
     monkeypatch.setattr(data, "load_mmlu", load_mmlu)
+    import experiential.trainer as trainer_mod
+
+    given = []
+
+    class Spy(trainer_mod.ExperientialTrainer):
+        def __init__(self, *a, anchor_pairs=None, **k):  # noqa: ANN001, ANN002, ANN003
+            given.append(anchor_pairs)
+            super().__init__(*a, anchor_pairs=anchor_pairs, **k)
+
+    monkeypatch.setattr(trainer_mod, "ExperientialTrainer", Spy)
     el = ELConfig(max_steps=1, progress=False, lora_r=2, decline_letter_led=False,
                   anchor_per_step=2)
     cfg = ShiftConfig(n_questions=2, retention_n=4, kinds=("letter",), anchors="mmlu_dev")
@@ -148,6 +158,14 @@ def test_mmlu_dev_anchors_replay_short_four_option_dev_questions(tiny_model, tin
     # the two short four-option questions, from the dev split (not the test questions given)
     assert seen == ["dev"] and report["anchor_questions"] == 2
     assert "2 MMLU dev questions" in (tmp_path / "report.md").read_text()
+    # ... and the trainer replays exactly those (plus the built-in chat prompts)
+    from experiential.tasks.mc import format_mc
+
+    (pairs,) = given
+    replayed = {tiny_tokenizer.decode(p.student.context) for p in pairs}
+    for q in (QS[0], QS[1]):
+        assert any(format_mc(q) in text for text in replayed)
+    assert not any(format_mc(q) in text for q in (long_q, three) for text in replayed)
     with pytest.raises(ValueError, match="both choose the replay anchors"):
         run("tiny", tmp_path / "x", cfg, el.replace(anchor_prompts="a.jsonl"), questions=QS,
             probes=QS[:4], load=lambda _: (tiny_model, tiny_tokenizer))
