@@ -80,6 +80,11 @@ SETTINGS.update({
     # paired with dev_anchors, from which it differs in the span alone
     "dev_anchors_answer": {"anchor_set": "mmlu_dev", "distill_span": "answer",
                            "against": "dev_anchors"},
+    # where the update may change the model: LoRA on the MLP projections only, or on attention
+    # only (the default adapts every linear layer); model editing finds factual associations in
+    # the MLPs, and an update confined there might spread less to unrelated questions
+    "mlp_only": {"lora_target_modules": ["gate_proj", "up_proj", "down_proj"]},
+    "attn_only": {"lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
 })
 KINDS = ("letter", "explanation", "control")
 DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
@@ -167,14 +172,15 @@ def main() -> None:
         """Replay anchors answered by the base model (call before a trainer wraps it)."""
         if name not in anchor_sets:
             from experiential.anchors import (build_anchor_pairs, default_anchor_prompts,
-                                              mc_anchor_prompts)
+                                              mmlu_dev_anchor_pairs)
 
-            mc, chat = default_anchor_prompts()
             if name == "mmlu_dev":
-                mc = mc_anchor_prompts(tok, load_mmlu("dev", data_dir=args.data_dir))
-                print(f"anchors: {len(mc)} MMLU dev questions + the built-in chat prompts",
+                anchor_sets[name], n_dev = mmlu_dev_anchor_pairs(model, tok,
+                                                                 data_dir=args.data_dir)
+                print(f"anchors: {n_dev} MMLU dev questions + the built-in chat prompts",
                       flush=True)
-            anchor_sets[name] = build_anchor_pairs(model, tok, mc, chat)
+            else:
+                anchor_sets[name] = build_anchor_pairs(model, tok, *default_anchor_prompts())
         return anchor_sets[name]
 
     for setting in args.settings.split(","):

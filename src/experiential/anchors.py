@@ -38,7 +38,11 @@ def default_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
     return mc, chat
 
 
-def mc_anchor_prompts(tok: Any, questions: Sequence[Any], max_tokens: int = 192
+MC_ANCHOR_MAX_TOKENS = 192
+"""Longest prompt (tokens) of a benchmark question used as a replay anchor."""
+
+
+def mc_anchor_prompts(tok: Any, questions: Sequence[Any], max_tokens: int = MC_ANCHOR_MAX_TOKENS
                       ) -> list[list[Message]]:
     """Multiple-choice anchors from benchmark questions (e.g. the MMLU *dev* split, disjoint from
     the test split a run learns and is probed on): the four-option ones whose prompt is at most
@@ -54,6 +58,22 @@ def mc_anchor_prompts(tok: Any, questions: Sequence[Any], max_tokens: int = 192
         if len(q.choices) == 4 and len(context_ids(tok, msgs)) <= max_tokens:
             out.append(msgs)
     return out
+
+
+def mmlu_dev_anchor_pairs(model: Any, tok: Any, *, data_dir: str | None = None,
+                          allow_download: bool = False) -> tuple[list[Pair], int]:
+    """The ``mmlu_dev`` anchor set, and how many of its pairs are dev questions:
+    :func:`mc_anchor_prompts` of the MMLU dev split plus the built-in chat prompts, answered by
+    ``model``. Call it on the base model, before a trainer wraps it: the anchors hold the update
+    to what the original model said."""
+    from .tasks.data import load_mmlu
+
+    dev = mc_anchor_prompts(tok, load_mmlu("dev", data_dir=data_dir,
+                                           allow_download=allow_download))
+    if not dev:
+        raise ValueError("anchors='mmlu_dev': no four-option MMLU dev question of at most "
+                         f"{MC_ANCHOR_MAX_TOKENS} prompt tokens")
+    return build_anchor_pairs(model, tok, dev, default_anchor_prompts()[1]), len(dev)
 
 
 def load_anchor_prompts(path: str | Path) -> list[list[Message]]:

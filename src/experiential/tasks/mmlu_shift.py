@@ -152,9 +152,10 @@ class ShiftConfig:
     retention_n: int = 48
     anchors: str = "builtin"
     """Replay anchors: ``builtin`` (the library's everyday questions and chat prompts, or
-    ``ELConfig.anchor_prompts``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most 192
-    prompt tokens, answered by the base model, plus the built-in chat prompts: anchors from the
-    probes' distribution, :func:`experiential.anchors.mc_anchor_prompts`)."""
+    ``ELConfig.anchor_prompts``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most
+    :data:`experiential.anchors.MC_ANCHOR_MAX_TOKENS` prompt tokens, answered by the base model,
+    plus the built-in chat prompts: anchors from the probes' distribution,
+    :func:`experiential.anchors.mmlu_dev_anchor_pairs`)."""
 
     def __post_init__(self) -> None:
         if self.anchors not in ANCHOR_SETS:
@@ -233,17 +234,13 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     explanations: dict[str, str] = {}
     if wants_explanations:
         explanations = st.run("explanations", lambda: {q.id: explainer(q) for q in chosen})
-    anchor_pairs, dev = None, []
+    anchor_pairs, n_dev = None, 0
     if cfg.anchors == "mmlu_dev" and el.anchor_weight > 0:
-        from ..anchors import build_anchor_pairs, default_anchor_prompts, mc_anchor_prompts
+        from ..anchors import mmlu_dev_anchor_pairs
 
-        dev = mc_anchor_prompts(tok, load_mmlu("dev", data_dir=data_dir,
-                                               allow_download=allow_download))
-        if not dev:
-            raise ValueError("anchors='mmlu_dev': no four-option MMLU dev question of at most "
-                             "192 prompt tokens")
         # the base model's answers: every stage starts from it (the adapter is unloaded after)
-        anchor_pairs = build_anchor_pairs(model, tok, dev, default_anchor_prompts()[1])
+        anchor_pairs, n_dev = mmlu_dev_anchor_pairs(model, tok, data_dir=data_dir,
+                                             allow_download=allow_download)
     results: dict[str, Any] = {}
     for kind in cfg.kinds:
 
@@ -294,7 +291,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
         results[kind]["sem_p_target_after"] = sem([x["after"] for x in per])
     report = {"experiment": "mmlu_shift", "model": model_name, **provenance(model_name, command),
               "n_questions": len(chosen), "seed": cfg.seed, "config": el.to_dict(),
-              "anchors": cfg.anchors, "anchor_questions": len(dev),
+              "anchors": cfg.anchors, "anchor_questions": n_dev,
               "explanation_source": source, "published": PUBLISHED,
               "results": results, "seconds": time.time() - t0,
               "questions": [q.id for q in chosen]}
