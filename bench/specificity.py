@@ -85,6 +85,11 @@ SETTINGS.update({
     # the MLPs, and an update confined there might spread less to unrelated questions
     "mlp_only": {"lora_target_modules": ["gate_proj", "up_proj", "down_proj"]},
     "attn_only": {"lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    # the default again, with retention also scored after steps 4, 8 and 12: how the footprint
+    # grows with the gain along one update, to compare settings that move less at the same gain
+    # (its own final record should reproduce the default's)
+    "default_curve": {"checkpoints": {4: "default_step4", 8: "default_step8",
+                                      12: "default_step12"}, "against": "default"},
 })
 KINDS = ("letter", "explanation", "control")
 DEFAULT_OUT = Path(__file__).parent / "results" / "specificity"
