@@ -240,7 +240,7 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
 
         # the base model's answers: every stage starts from it (the adapter is unloaded after)
         anchor_pairs, n_dev = mmlu_dev_anchor_pairs(model, tok, data_dir=data_dir,
-                                             allow_download=allow_download)
+                                                    allow_download=allow_download)
     results: dict[str, Any] = {}
     for kind in cfg.kinds:
 
