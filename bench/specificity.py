@@ -156,7 +156,6 @@ def main() -> None:
     from experiential.models import load_model
     from experiential.retention import compare, probe_logprobs
     from experiential.scoring import option_probs
-    from experiential.tasks.data import load_mmlu
     from experiential.tasks.mc import format_mc
     from experiential.tasks.mmlu_shift import control_letter
     from experiential.trainer import ExperientialTrainer, LearnResult
