@@ -85,6 +85,11 @@ SETTINGS.update({
     # the MLPs, and an update confined there might spread less to unrelated questions
     "mlp_only": {"lora_target_modules": ["gate_proj", "up_proj", "down_proj"]},
     "attn_only": {"lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    # distil only the answer letter, and hold the response's other words at the frozen model's
+    # own distribution: answer_span's explanation transfer without its letter updates' cost?
+    # (answer_span's loss was the letter's divergence alone, against anchors weighted for a
+    # whole response's mean; here the mean is over the whole response again)
+    "answer_hold": {"distill_span": "answer_hold"},
     # the default again, with retention also scored after steps 4, 8 and 12: how the footprint
     # grows with the gain along one update, to compare settings that move less at the same gain
     # (its own final record should reproduce the default's)

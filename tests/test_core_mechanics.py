@@ -468,6 +468,31 @@ def test_answer_span_distils_the_answer_and_leaves_the_words_before_it(tiny_toke
     assert others_after["answer"] > 2 * others_after["response"], (others_before, others_after)
 
 
+def test_answer_hold_keeps_the_words_around_the_answer_where_they_were(tiny_tokenizer):
+    """``distill_span="answer_hold"`` closes the answer's divergence as ``"answer"`` does, while
+    the student's own distributions on the words before the answer stay nearer the original
+    model's than when they are left free."""
+    from conftest import build_tiny_model
+    from experiential.objectives.base import Pair
+
+    drift = {}
+    for span in ("answer", "answer_hold"):
+        trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=3),
+                                      tiny_tokenizer, cfg(max_steps=25, distill_span=span))
+        pair = trainer.objective.prepare(trainer.model, tiny_tokenizer, [EXP], trainer.cfg)[0]
+        focus = torch.tensor(pair.focus)
+        whole = Pair(pair.student, pair.teacher, pair.experience_id)
+        # the teacher in the student's own context: the frozen original model
+        own = Pair(pair.student, pair.student, pair.experience_id, kind="anchor")
+        before = _token_divergences(trainer, whole)
+        assert float(_token_divergences(trainer, own).abs().max()) < 1e-5
+        trainer.learn([EXP])
+        after = _token_divergences(trainer, whole)
+        assert after[focus].sum() < 0.3 * before[focus].sum(), (span, before, after)
+        drift[span] = float(_token_divergences(trainer, own)[~focus].mean())
+    assert drift["answer_hold"] < 0.5 * drift["answer"], drift
+
+
 def test_answer_span_warns_when_a_response_states_no_answer(tiny_model, tiny_tokenizer):
     trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(distill_span="answer"))
     exp = Experience("What is the capital of France?", "Paris is the capital.", "Correct.")

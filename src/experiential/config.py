@@ -43,13 +43,16 @@ class ELConfig:
     jsd_beta: float = 0.5
     topk: Optional[int] = None
     """Distil on the student's top-k tokens (plus a tail bucket) instead of the full vocabulary."""
-    distill_span: Literal["response", "answer"] = "response"
+    distill_span: Literal["response", "answer", "answer_hold"] = "response"
     """Response tokens the loss uses: all of them, or only the final answer's (after the last
     "answer is", "answer:", ``####`` or ``\\boxed{``; :mod:`experiential.focus`). A response
-    stating no answer keeps all its tokens, with a warning. Off by default: on 8 single MMLU
-    experiences (``reports/specificity.md``) it raised the transfer of explanation-only feedback
-    from 0.52 to 0.82 of the gap, but letter-feedback updates lost 3.2 points more retention
-    accuracy than over the whole response."""
+    stating no answer keeps all its tokens, with a warning. ``answer_hold`` distils the answer
+    from the teacher and holds every other response token at the frozen model's own
+    distribution (teacher = the original model in the student's context, as for anchors), with
+    the loss averaged over the whole response. Off by default: on 8 single MMLU
+    experiences (``reports/specificity.md``) ``answer`` raised the transfer of explanation-only
+    feedback from 0.52 to 0.82 of the gap, but letter-feedback updates lost 3.2 points more
+    retention accuracy than over the whole response."""
     max_new_tokens: int = 256
     """Generation length for samples and revisions."""
     temperature: float = 1.0
@@ -192,8 +195,8 @@ class ELConfig:
         from .augment import parse_augment
 
         parse_augment(self.augment)
-        if self.distill_span not in ("response", "answer"):
-            raise ValueError(f"distill_span must be 'response' or 'answer', "
+        if self.distill_span not in ("response", "answer", "answer_hold"):
+            raise ValueError(f"distill_span must be 'response', 'answer' or 'answer_hold', "
                              f"got {self.distill_span!r}")
         if self.letter_prior not in ("teacher", "student_log", "student_mass"):
             raise ValueError(f"letter_prior must be 'teacher', 'student_log' or 'student_mass', "

@@ -17,7 +17,7 @@ from ..experience import Experience
 from ..generation import generate_ids
 from ..tokens import response_logits
 from .base import Pair, TeacherModel, focus_mask, student_batch
-from .self_distill import distill_loss, make_pairs, warn_unfocused
+from .self_distill import make_pairs, objective_loss, warn_unfocused
 
 
 def revise(model: Any, tok: Any, experiences: Sequence[Experience],
@@ -46,8 +46,7 @@ class ReviseThenDistill:
 
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
              pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        per_token, _ = distill_loss(model, pairs, cfg, teacher, pad_id)
-        return per_token.mean(), {"divergence": float(per_token.mean().detach())}
+        return objective_loss(model, pairs, cfg, teacher, pad_id)
 
 
 class SFT(ReviseThenDistill):

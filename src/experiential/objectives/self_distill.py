@@ -26,8 +26,8 @@ def make_pairs(tok: Any, exp: Experience, responses: Sequence[str | list[int]],
                cfg: ELConfig) -> list[Pair]:
     """Pairs for one experience; each response is text (tokenized on its own) or token ids.
 
-    With ``cfg.distill_span="answer"`` each pair's loss uses only its final answer's tokens; a
-    response that states no answer keeps all of them (its ``focus`` stays None)."""
+    With ``cfg.distill_span`` ``"answer"`` or ``"answer_hold"`` each pair's focus is its final
+    answer's tokens; a response that states no answer keeps all of them (``focus`` stays None)."""
     s_ctx = context_ids(tok, student_messages(exp))
     t_ctx = context_ids(tok, teacher_messages(exp, cfg.context_design, cfg.context_template))
     pairs = []
@@ -40,7 +40,7 @@ def make_pairs(tok: Any, exp: Experience, responses: Sequence[str | list[int]],
         if longest > cfg.max_length:
             raise ValueError(f"experience {exp.id}: {longest} tokens with the experience context, "
                              f"over max_length={cfg.max_length}")
-        focus = answer_focus(tok, resp) if cfg.distill_span == "answer" else None
+        focus = answer_focus(tok, resp) if cfg.distill_span != "response" else None
         pairs.append(Pair(Sequence_(s_ctx, resp), Sequence_(t_ctx, resp), exp.id,
                           response_text=text, focus=focus))
     return pairs
@@ -50,27 +50,53 @@ def distill_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: Teac
                  pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token divergence of the student from the teacher on the tokens in each pair's focus
     (all response tokens unless :attr:`Pair.focus` says otherwise), ``[n_tokens]``, plus each
-    token's row index into ``pairs``."""
+    token's row index into ``pairs``. With ``distill_span="answer_hold"`` every response token
+    is kept, and those outside the focus are held (:func:`hold_unfocused`)."""
     device = next(model.parameters()).device
     s_batch = student_batch(pairs, pad_id, device)
     t_logits = teacher.pair_logits(pairs, pad_id, device)
+    focused = any(p.focus is not None for p in pairs)
+    if focused and cfg.distill_span == "answer_hold":
+        t_logits = hold_unfocused(t_logits, pairs, teacher, pad_id, device)
     s_logits = response_logits(model, s_batch)
     per_token = token_divergence(s_logits, t_logits, cfg)
     rows = s_batch.response_mask.nonzero()[:, 0]
-    if any(p.focus is not None for p in pairs):
+    if focused and cfg.distill_span != "answer_hold":
         keep = focus_mask(pairs, device)
         per_token, rows = per_token[keep], rows[keep]
     return per_token, rows
 
 
+def hold_unfocused(t_logits: torch.Tensor, pairs: Sequence[Pair], teacher: TeacherModel,
+                   pad_id: int, device: Any) -> torch.Tensor:
+    """The teacher's logits on each pair's focus, and elsewhere the frozen model's own in the
+    student's context: the words around the answer are held where they were, as replay anchors
+    hold unrelated prompts, instead of being left free (``"answer"``) or pulled towards how the
+    teacher, having read the feedback, would phrase them (``"response"``)."""
+    own = teacher.pair_logits([Pair(p.student, p.student, p.experience_id, kind="anchor")
+                               for p in pairs], pad_id, device)
+    return torch.where(focus_mask(pairs, device)[:, None], t_logits, own)
+
+
+def objective_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
+                   pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """The mean per-token divergence, and as ``divergence`` (what the stop rule reads) its mean
+    over the focus alone: with ``answer_hold`` the held tokens start at zero and would dilute it."""
+    per_token, _ = distill_loss(model, pairs, cfg, teacher, pad_id)
+    shown = per_token
+    if cfg.distill_span == "answer_hold" and any(p.focus is not None for p in pairs):
+        shown = per_token[focus_mask(pairs, per_token.device)]
+    return per_token.mean(), {"divergence": float(shown.mean().detach())}
+
+
 def warn_unfocused(pairs: Sequence[Pair], cfg: ELConfig) -> None:
     """Say how many responses stated no answer, so ``distill_span="answer"`` never silently
     becomes whole-response distillation."""
-    if cfg.distill_span != "answer":
+    if cfg.distill_span == "response":
         return
     missing = [p for p in pairs if p.focus is None]
     if missing:
-        warnings.warn(f"distill_span='answer': {len(missing)} of {len(pairs)} responses state no "
+        warnings.warn(f"distill_span={cfg.distill_span!r}: {len(missing)} of {len(pairs)} responses state no "
                       f"answer (none of 'answer is', 'answer:', '####', '\\boxed{{'); those are "
                       f"distilled over the whole response, e.g. {missing[0].response_text[-80:]!r}",
                       stacklevel=3)
@@ -101,5 +127,4 @@ class SelfDistill:
 
     def loss(self, model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: TeacherModel,
              pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
-        per_token, _ = distill_loss(model, pairs, cfg, teacher, pad_id)
-        return per_token.mean(), {"divergence": float(per_token.mean().detach())}
+        return objective_loss(model, pairs, cfg, teacher, pad_id)
