@@ -493,6 +493,12 @@ def test_answer_hold_keeps_the_words_around_the_answer_where_they_were(tiny_toke
     assert drift["answer_hold"] < 0.5 * drift["answer"], drift
 
 
+def test_answer_hold_needs_a_teacher():
+    with pytest.raises(ValueError, match="sft objective has no teacher"):
+        ELConfig(objective="sft", distill_span="answer_hold")
+    assert ELConfig(objective="sft", distill_span="answer").distill_span == "answer"
+
+
 def test_answer_span_warns_when_a_response_states_no_answer(tiny_model, tiny_tokenizer):
     trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg(distill_span="answer"))
     exp = Experience("What is the capital of France?", "Paris is the capital.", "Correct.")

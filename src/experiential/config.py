@@ -208,6 +208,10 @@ class ELConfig:
         if self.letter_prior != "teacher" and not self.distils_teacher:
             raise ValueError(f"letter_prior={self.letter_prior!r} changes a teacher's "
                              f"distribution; the {self.objective} objective has no teacher")
+        if self.distill_span == "answer_hold" and not self.distils_teacher:
+            raise ValueError("distill_span='answer_hold' holds the other tokens at the frozen "
+                             f"model's distribution; the {self.objective} objective has no "
+                             "teacher (use 'answer')")
         if self.response not in ("attempt", "samples"):
             raise ValueError(f"response must be 'attempt' or 'samples', got {self.response!r}")
         if self.stop_min_epochs < 0:

@@ -96,8 +96,8 @@ def warn_unfocused(pairs: Sequence[Pair], cfg: ELConfig) -> None:
         return
     missing = [p for p in pairs if p.focus is None]
     if missing:
-        warnings.warn(f"distill_span={cfg.distill_span!r}: {len(missing)} of {len(pairs)} responses state no "
-                      f"answer (none of 'answer is', 'answer:', '####', '\\boxed{{'); those are "
+        warnings.warn(f"distill_span={cfg.distill_span!r}: {len(missing)} of {len(pairs)} "
+                      f"responses state no answer (none of 'answer is', 'answer:', '####', '\\boxed{{'); those are "
                       f"distilled over the whole response, e.g. {missing[0].response_text[-80:]!r}",
                       stacklevel=3)
 
