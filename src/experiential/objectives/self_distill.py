@@ -83,8 +83,8 @@ def objective_loss(model: Any, pairs: Sequence[Pair], cfg: ELConfig, teacher: Te
     """The mean per-token divergence, and as ``divergence`` (what the stop rule reads) its mean
     over the focus alone: with ``answer_hold`` the held tokens start at zero and would dilute it."""
     per_token, _ = distill_loss(model, pairs, cfg, teacher, pad_id)
-    shown = per_token
-    if cfg.distill_span == "answer_hold" and any(p.focus is not None for p in pairs):
+    shown = per_token  # a pair without a focus counts every token, here as in the loss
+    if cfg.distill_span == "answer_hold":
         shown = per_token[focus_mask(pairs, per_token.device)]
     return per_token.mean(), {"divergence": float(shown.mean().detach())}
 
@@ -97,8 +97,9 @@ def warn_unfocused(pairs: Sequence[Pair], cfg: ELConfig) -> None:
     missing = [p for p in pairs if p.focus is None]
     if missing:
         warnings.warn(f"distill_span={cfg.distill_span!r}: {len(missing)} of {len(pairs)} "
-                      f"responses state no answer (none of 'answer is', 'answer:', '####', '\\boxed{{'); those are "
-                      f"distilled over the whole response, e.g. {missing[0].response_text[-80:]!r}",
+                      f"responses state no answer (none of 'answer is', 'answer:', '####', "
+                      f"'\\boxed{{'); those are distilled over the whole response, e.g. "
+                      f"{missing[0].response_text[-80:]!r}",
                       stacklevel=3)
 
 
