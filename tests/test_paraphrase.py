@@ -66,3 +66,41 @@ def test_trainer_learns_every_rewording_rotated(tiny_model, tiny_tokenizer):
 def test_unknown_augmentation_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown augmentation"):
         ELConfig(augment="rotate_options+shuffle")
+
+
+@pytest.mark.parametrize("original_led", [True, False])
+def test_decline_rule_keeps_or_leaves_out_an_experience_with_all_its_rewordings(
+        tiny_model, tiny_tokenizer, monkeypatch, original_led):
+    """The decline rule judges an experience over its wordings together: a rewording is never
+    learned while its original is left out, nor the reverse. The splits are given (the random
+    tiny model's own are arbitrary) so that each wording alone would be judged the other way
+    from the average over the wordings, which decides."""
+    import experiential.trainer as trainer_module
+    from experiential.letter_prior import LetterSplit
+
+    b = lambda x: (0.0, x, 0.0, 0.0)  # noqa: E731  a shift of x on B
+    if original_led:  # the original strongly letter-led, each rewording weakly content-led
+        original, rewording = LetterSplit(b(0.0), b(0.3)), LetterSplit(b(0.05), b(0.0))
+    else:  # the original weakly letter-led, each rewording strongly content-led
+        original, rewording = LetterSplit(b(0.0), b(0.05)), LetterSplit(b(0.3), b(0.0))
+    assert original.letter_led and not rewording.letter_led
+    wordings = []
+
+    def given_splits(pairs, experiences, *a, **k):
+        wordings.extend(e.id for e in experiences if "rotation" not in e.metadata)
+        return {w: original if w == "mc" else rewording for w in wordings}
+
+    monkeypatch.setattr(trainer_module, "letter_splits", given_splits)
+    cfg = ELConfig(augment="rotate_options+paraphrase", paraphrase_copies=2, max_steps=1,
+                   progress=False, retention=False, anchor_weight=0.0, lora_r=4, lora_alpha=8)
+    trainer = ExperientialTrainer(tiny_model, tiny_tokenizer, cfg)
+    result = trainer.learn([MC])
+    trainer.model.unload()
+    n = len(wordings)  # the original and its kept rewordings, each judged
+    assert n in (2, 3) and wordings[0] == "mc", wordings
+    if original_led:  # the mean letter part (.3 / n) beats the mean content part (.05 (n-1) / n)
+        assert set(result.declined) == {"mc"} and result.declined["mc"].letter_led
+        assert result.n_pairs == 0 and result.steps == 0 and "learned from 0 of 1" in \
+            result.summary()
+    else:
+        assert result.declined == {} and result.n_pairs == 4 * n and result.steps == 1

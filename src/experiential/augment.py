@@ -81,6 +81,17 @@ def rotate_options(exp: Experience, shift: int) -> Experience | None:
                    id=f"{exp.id}~rot{shift}")
 
 
+def source_id(exp: Experience, by_id: dict[str, Experience]) -> str:
+    """The id of the experience ``exp`` was made from, through its rotations and rewordings
+    (``metadata["augmented_from"]``, followed while the source is in ``by_id``): ``exp.id`` for
+    an experience as given. The variants of one experience are one thing to keep or leave out."""
+    seen = {exp.id}
+    while (src := exp.metadata.get("augmented_from")) in by_id and src not in seen:
+        exp = by_id[src]
+        seen.add(exp.id)
+    return exp.id
+
+
 AUGMENTATIONS = ("rotate_options", "paraphrase")
 
 

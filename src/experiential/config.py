@@ -105,7 +105,8 @@ class ELConfig:
     explanation updates' retention cost from 2.0 to 1.2 accuracy points (paired +0.8 ± 0.3) at
     the same transfer (0.69 against 0.67). Declined experiences are listed in the result
     (``LearnResult.declined``) and its summary; :meth:`ExperientialTrainer.declines` gives the
-    decision without a step."""
+    decision without a step. With ``paraphrase`` too, an experience's rewordings are judged
+    with it (their splits averaged) and kept or left out with it."""
     paraphrase_copies: int = 2
     """Rewordings per experience when ``augment`` includes ``paraphrase``."""
     stop_kl: Optional[float] = 0.05

@@ -42,7 +42,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
 
-from .augment import find_options
+from .augment import find_options, source_id
 from .experience import Experience
 from .focus import answer_focus
 from .scoring import split_options
@@ -265,9 +265,19 @@ def letter_splits(pairs: Sequence[Any], experiences: Sequence[Experience], tok: 
     return out
 
 
-def family_of(exp: Experience) -> str:
-    """The id an experience's rotations share."""
-    return _family(exp)[0]
+def experience_splits(splits: dict[str, LetterSplit], experiences: Sequence[Experience]
+                      ) -> dict[str, LetterSplit]:
+    """:func:`letter_splits` per experience as given: the splits of its wordings (the question
+    and its rewordings, each averaged over its rotations) averaged, each wording counting once,
+    so that the decline rule keeps or leaves out a whole experience. Judged alone, one rewording
+    could be left out while the original is learned, or the reverse."""
+    by_id = {e.id: e for e in experiences}
+    groups: dict[str, list[LetterSplit]] = defaultdict(list)
+    for family, split in splits.items():
+        groups[source_id(by_id[family], by_id) if family in by_id else family].append(split)
+    return {root: LetterSplit(*(tuple(round(sum(xs) / len(xs), 6) for xs in zip(*parts))
+                                for parts in ([s.content for s in ss], [s.letter for s in ss])))
+            for root, ss in groups.items()}
 
 
 def _log_targets(teacher_lp: torch.Tensor, student_lp: torch.Tensor,

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from .augment import augment, parse_augment
+from .augment import augment, parse_augment, source_id
 from .paraphrase import paraphrase
 from .reflection import reflect
 from .anchors import (build_anchor_pairs, default_anchor_prompts, load_anchor_file,
@@ -45,7 +45,7 @@ from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
 from .gap import Gap, measure_gaps, summarize
-from .letter_prior import LetterSplit, family_of, letter_splits, student_letter_prior
+from .letter_prior import LetterSplit, experience_splits, letter_splits, student_letter_prior
 from .objectives import get_objective
 from .objectives.base import Pair, TeacherModel
 from .objectives.self_distill import distill_loss
@@ -361,8 +361,9 @@ class ExperientialTrainer:
         return self.result
 
     def declines(self, experiences: Sequence[Experience]) -> dict[str, LetterSplit]:
-        """The experiences ``learn`` would leave out (``ELConfig.decline_letter_led``), by the
-        id their rotations share, with each one's split; no step is taken. It prepares the
+        """The experiences ``learn`` would leave out (``ELConfig.decline_letter_led``), by their
+        ids as given (rotations and rewordings go with their experience), with each one's split
+        averaged over its wordings; no step is taken. It prepares the
         update as ``learn`` does (same seed), so for a ``response='samples'`` objective it
         samples."""
         self._seed()
@@ -391,12 +392,13 @@ class ExperientialTrainer:
             pairs = from_main(self.objective.prepare(base, tok, experiences, cfg))
         declined: dict[str, LetterSplit] = {}
         if cfg.decline_letter_led and "rotate_options" in kinds and cfg.distils_teacher:
-            splits = letter_splits(pairs, experiences, tok, self.teacher, cfg.micro_batch_size)
+            splits = experience_splits(letter_splits(pairs, experiences, tok, self.teacher,
+                                                     cfg.micro_batch_size), experiences)
             declined = {f: s for f, s in splits.items() if s.letter_led}
-        if declined:
+        if declined:  # an experience goes with every rotation and rewording of it
             by_id = {e.id: e for e in experiences}
-            pairs = [p for p in pairs if family_of(by_id[p.experience_id]) not in declined]
-            experiences = [e for e in experiences if family_of(e) not in declined]
+            pairs = [p for p in pairs if source_id(by_id[p.experience_id], by_id) not in declined]
+            experiences = [e for e in experiences if source_id(e, by_id) not in declined]
             neighbours = [p for p in neighbours if p.experience_id not in declined]
         return _Prepared(experiences, pairs, neighbours, declined)
 
