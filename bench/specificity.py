@@ -95,6 +95,11 @@ SETTINGS.update({
     # updates' KL: 24 of its MMLU dev questions (seed 0) and the 6 chat prompts, as many
     # anchors as the built-in set (24 everyday questions + 6), so only their kind differs
     "dev_anchors24": {"anchor_set": "mmlu_dev24", "against": "dev_anchors"},
+    # the default, then 8 steps on the replay anchors alone (ELConfig.consolidate_steps), with
+    # the question and retention also scored after 2 and 4 of them: the update's own steps are
+    # the default's (same seed and batches), so each record pairs with the default's exactly
+    "consolidate8": {"consolidate_steps": 8, "against": "default",
+                     "consolidation_checkpoints": {2: "consolidate2", 4: "consolidate4"}},
     # the default again, with retention also scored after steps 4, 8 and 12: how the footprint
     # grows with the gain along one update, to compare settings that move less at the same gain
     # (its own final record should reproduce the default's)
@@ -210,6 +215,10 @@ def main() -> None:
         # depend on the run's length, so with the same seed and batches step k of this run *is*
         # the last step of a k-step run.
         checkpoints: dict[int, str] = over.pop("checkpoints", {})
+        # the same after the k-th consolidation step (its step number depends on where the
+        # update's own steps ended); keyed apart from the update's own steps
+        checkpoints.update({-k: name for k, name in
+                            over.pop("consolidation_checkpoints", {}).items()})
         which_anchors = over.pop("anchor_set", "builtin")
         over.pop("against", None)
         el = ELConfig(progress=False).replace(**over)
@@ -236,7 +245,10 @@ def main() -> None:
                 scoring = [0.0]  # seconds spent scoring earlier checkpoints (not the update's)
 
                 def record(name: str, step: int, p_after, retention: dict,  # noqa: ANN001
-                           res: LearnResult | None = None) -> dict:
+                           res: LearnResult | None = None, at_step: int | None = None) -> dict:
+                    """``step``: the update's own steps; ``at_step``: the callback's step
+                    number, past them for a consolidation checkpoint (default: ``step``)."""
+                    at_step = step if at_step is None else at_step
                     gap = float(p_teacher[target] - p_s[target])
                     gain = float(p_after[target] - p_s[target])
                     rec = {"setting": name, "kind": kind, "id": q.id, "target": target,
@@ -248,11 +260,13 @@ def main() -> None:
                            "p_after": float(p_after[target]), "gap": gap, "gain": gain,
                            "transfer": gain / gap if abs(gap) > 1e-6 else None,
                            "retention": retention, "steps": step,
-                           "trajectory": [t for t in trajectory if t["step"] <= step],
+                           "trajectory": [t for t in trajectory if t["step"] <= at_step],
                            "seconds": time.time() - t0 - scoring[0],
                            "command": "python bench/specificity.py " + " ".join(sys.argv[1:])}
+                    if at_step > step:
+                        rec["consolidation_steps"] = at_step - step
                     if name != setting:
-                        rec["measured_at"] = f"step {step} of the {setting} run"
+                        rec["measured_at"] = f"step {at_step} of the {setting} run"
                     if res is not None and res.declined:
                         rec["declined"] = res.to_dict()["declined"]
                     if res is not None:
@@ -273,21 +287,27 @@ def main() -> None:
                     p_now = option_probs(m, tok, [msgs(q)])[0]
                     trajectory.append({"step": state.step, "p_target": float(p_now[target]),
                                        "divergence": state.divergence,
-                                       "anchor_divergence": state.anchor_divergence})
-                    if state.step in todo:
+                                       "anchor_divergence": state.anchor_divergence,
+                                       "consolidating": state.consolidating})
+                    # a checkpoint after the k-th consolidation step is keyed -k
+                    key = -sum(t["consolidating"] for t in trajectory) \
+                        if state.consolidating else state.step
+                    if key in todo:
                         t1 = time.time()
                         ret = compare(baseline, probe_logprobs(m, tok, probes), probes)
-                        record(todo.pop(state.step), state.step, p_now, ret.to_dict())
+                        own = state.step + key if key < 0 else state.step
+                        record(todo.pop(key), own, p_now, ret.to_dict(), at_step=state.step)
                         scoring[0] += time.time() - t1
 
                 res = trainer.learn([exp], callback=on_step)
                 p_after = option_probs(trainer.model, tok, [msgs(q)])[0]
                 if res.retention is None:  # declined (decline_letter_led): nothing was learned
                     res.retention = compare(baseline, baseline, probes)
+                last = res.steps + len(res.consolidation_divergences)
                 for name in todo.values():  # stopped before the checkpoint: same final state
-                    record(name, res.steps, p_after, res.retention.to_dict(), res)
+                    record(name, res.steps, p_after, res.retention.to_dict(), res, at_step=last)
                 if not path(setting).is_file():
-                    record(setting, res.steps, p_after, res.retention.to_dict(), res)
+                    record(setting, res.steps, p_after, res.retention.to_dict(), res, at_step=last)
                 trainer.model.unload()
     summarize(out, args)
 
@@ -518,6 +538,8 @@ def full_runs(recs: list[dict]) -> dict[tuple[str, str], list[dict]]:
         if r.get("trajectory") and "measured_at" not in r:
             out.setdefault((r["setting"], r["kind"]), []).append(r)
     for rs in out.values():
+        for i, r in enumerate(rs):  # the update's own steps (not consolidation steps after it)
+            rs[i] = {**r, "trajectory": [t for t in r["trajectory"] if not t.get("consolidating")]}
         length = max(len(r["trajectory"]) for r in rs)
         for i, r in enumerate(rs):
             t = r["trajectory"]

@@ -377,6 +377,36 @@ def test_step_callback_sees_every_step_and_can_stop_the_update(tiny_tokenizer):
     assert abs(result.anchor_divergences[0]) < 1e-6 and max(result.anchor_divergences) > 1e-4
 
 
+def test_consolidation_steps_pull_the_anchors_back_and_keep_the_experience(tiny_tokenizer):
+    """After the update, steps on the replay anchors alone: the anchors' drift falls, and the
+    experience, which no step pulls on any more, keeps most of what it learned."""
+    from experiential.anchors import _pair
+    from experiential.gap import measure_gaps
+    from conftest import build_tiny_model
+
+    anchor = _pair(tiny_tokenizer, [{"role": "user", "content": "What is 2+2?"}], "The answer is D.")
+    drift, learned = {}, {}
+    for consolidate in (0, 6):
+        model = build_tiny_model(len(tiny_tokenizer), seed=1)
+        trainer = ExperientialTrainer(
+            model, tiny_tokenizer, cfg(max_steps=12, anchor_weight=0.2, anchor_per_step=1,
+                                       consolidate_steps=consolidate), anchor_pairs=[anchor])
+        seen = []
+        result = trainer.learn([EXP], callback=lambda state, m: seen.append(state) and None)
+        drift[consolidate] = measure_gaps(trainer.model, tiny_tokenizer, [anchor], trainer.cfg,
+                                          trainer.teacher)[0].divergence
+        learned[consolidate] = result.gaps_after[0].divergence, result.gaps_before[0].divergence
+        assert len(result.consolidation_divergences) == consolidate
+        assert result.steps == 12  # the update's own steps; consolidation is reported apart
+        assert [s.step for s in seen] == list(range(1, 13 + consolidate))
+        assert [s.consolidating for s in seen] == [False] * 12 + [True] * consolidate
+    assert drift[6] < 0.5 * drift[0], drift
+    (after0, start), (after6, _) = learned[0], learned[6]
+    assert after0 < 0.5 * start and after6 < 0.5 * start, learned  # the gap stays mostly closed
+    with pytest.raises(ValueError, match="anchor_weight"):
+        cfg(consolidate_steps=2, anchor_weight=0.0)
+
+
 def test_retention_reports_expected_accuracy_and_per_question_kl():
     from experiential.retention import compare
     from experiential.tasks.mc import MCQuestion

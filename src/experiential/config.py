@@ -131,6 +131,12 @@ class ELConfig:
     ``tests/test_learning_qwen.py``); the replay anchors pull that drift back in the steps after
     the target settles. With 12: those 8 questions transfer 0.97 at KL .085."""
 
+    consolidate_steps: int = 0
+    """After the update's own steps (the last one, or where the stop rule ended it), this many
+    optimizer steps on the replay anchors alone, at the same learning rate: once the experiences
+    are learned nothing pulls on them, and the anchors pull back what the update moved on
+    unrelated prompts. Needs ``anchor_weight > 0``. 0: none."""
+
     # -- optimisation -----------------------------------------------------------------------
     learning_rate: float = 3e-4
     epochs: float = 16
@@ -215,6 +221,11 @@ class ELConfig:
                              "teacher (use 'answer')")
         if self.response not in ("attempt", "samples"):
             raise ValueError(f"response must be 'attempt' or 'samples', got {self.response!r}")
+        if self.consolidate_steps < 0:
+            raise ValueError(f"consolidate_steps must be >= 0, got {self.consolidate_steps}")
+        if self.consolidate_steps and self.anchor_weight <= 0:
+            raise ValueError("consolidate_steps steps on the replay anchors alone; with "
+                             "anchor_weight=0 there are none (set anchor_weight > 0)")
         if self.stop_min_epochs < 0:
             raise ValueError(f"stop_min_epochs must be >= 0, got {self.stop_min_epochs}")
         if self.epochs is not None and self.epochs <= 0:

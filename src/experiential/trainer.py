@@ -75,6 +75,9 @@ class LearnResult:
     anchor_divergences: list[float] = field(default_factory=list)
     """Mean per-token KL(original || student) on the step's replay anchors, before the step's
     update: how far the update had pulled unrelated prompts when the anchors pulled back."""
+    consolidation_divergences: list[float] = field(default_factory=list)
+    """Mean per-token KL(original || student) on the replay anchors at each consolidation step
+    (``ELConfig.consolidate_steps``), before the step's update."""
     declined: dict[str, LetterSplit] = field(default_factory=dict)
     """Experiences left out because their teacher's shift was led by a letter, not by an
     option's content (``ELConfig.decline_letter_led``), with that split."""
@@ -89,6 +92,7 @@ class LearnResult:
             "retention": self.retention.to_dict() if self.retention else None,
             "losses": self.losses, "divergences": self.divergences,
             "anchor_divergences": self.anchor_divergences,
+            "consolidation_divergences": self.consolidation_divergences,
             "declined": {k: asdict(v) | {"letter_led": v.letter_led}
                          for k, v in self.declined.items()},
             "student_tokens": self.student_tokens, "seconds": self.seconds,
@@ -102,7 +106,9 @@ class LearnResult:
             n = f"{max(0, self.n_experiences - len(self.declined))} of " + n
         lines = [f"learned from {n} ({self.n_pairs} response(s)) "
                  f"in {self.steps} step(s), {self.seconds:.1f}s"
-                 + (" (stopped early: gap closed)" if self.stopped_early else "")]
+                 + (" (stopped early: gap closed)" if self.stopped_early else "")
+                 + (f", then {len(self.consolidation_divergences)} consolidation step(s) on "
+                    f"the replay anchors" if self.consolidation_divergences else "")]
         for eid, split in self.declined.items():
             lines.append(f"declined {eid}: {split.describe()}: it would teach a letter, not "
                          "the feedback's content")
@@ -143,6 +149,9 @@ class StepState:
     loss: float
     divergence: float
     anchor_divergence: float | None
+    consolidating: bool = False
+    """A consolidation step (``ELConfig.consolidate_steps``): anchors alone, after the update's
+    own steps (``divergence`` is NaN: the experiences are not scored)."""
 
 
 StepCallback = Callable[[StepState, Any], "bool | None"]
@@ -306,14 +315,9 @@ class ExperientialTrainer:
             if anchored:
                 drawn = [next(neighbour_stream) for _ in range(n_neighbour)] + \
                     [next(anchor_stream) for _ in range(n_generic)]
-                if mine := drawn[rank::world]:
-                    # the mean is over all drawn anchors' tokens; this process has a share of them
-                    share = _n_response(mine) / _n_response(drawn)
-                    per_token, _ = distill_loss(model, mine, cfg, self.teacher, tok.pad_token_id)
-                    (cfg.anchor_weight * per_token.mean() * share).backward()
-                    anchor_div = float(per_token.mean().detach()) * share
-                    step_loss += cfg.anchor_weight * anchor_div
-                    step_tokens += sum(len(p.student) for p in mine)
+                anchor_div, n_tok = self._anchor_backward(drawn, cfg.anchor_weight)
+                step_loss += cfg.anchor_weight * anchor_div
+                step_tokens += n_tok
             # the whole batch's gradient and numbers, on every rank (as they are, on one process)
             step_loss, step_div, step_tokens, anchor_div = sum_step(
                 params, step_loss, step_div, step_tokens, anchor_div)
@@ -343,6 +347,12 @@ class ExperientialTrainer:
                 break
         if bar is not None:
             bar.close()
+        consolidation: list[float] = []
+        if cfg.consolidate_steps and anchored:
+            consolidation, n_tok = self._consolidate(
+                opt, sched, params, neighbour_stream, anchor_stream, n_neighbour, n_generic,
+                first_step=step + 1, callback=callback)
+            tokens += n_tok
         model.eval()
         gaps_after = measure_gaps(model, tok, pairs, cfg, self.teacher)
         retention = compare(before, probe_logprobs(model, tok, probes), probes) \
@@ -353,12 +363,57 @@ class ExperientialTrainer:
             steps=step, stopped_early=stopped_early, n_experiences=n_given,
             n_pairs=len(pairs), gaps_before=gaps_before, gaps_after=gaps_after,
             retention=retention, losses=losses, divergences=divergences,
-            anchor_divergences=anchor_divs, student_tokens=tokens, declined=declined,
+            anchor_divergences=anchor_divs, consolidation_divergences=consolidation,
+            student_tokens=tokens, declined=declined,
             seconds=time.perf_counter() - start, config=cfg.to_dict(),
             extra=_extra(experiences, cfg) | ({"neighbour_anchors": [
                 {"experience_id": p.experience_id, "prompt": p.prompt_text,
                  "answer": p.response_text} for p in neighbours]} if neighbours else {}))
         return self.result
+
+    def _anchor_backward(self, drawn: Sequence[Pair], weight: float) -> tuple[float, int]:
+        """Backpropagate ``weight`` x the mean per-token KL(original || student) over the drawn
+        replay anchors (this process's share of them); return this process's share of that mean
+        and the student tokens it scored."""
+        rank, world = rank_and_world()
+        mine = drawn[rank::world]
+        if not mine:
+            return 0.0, 0
+        # the mean is over all drawn anchors' tokens; this process has a share of them
+        share = _n_response(mine) / _n_response(drawn)
+        per_token, _ = distill_loss(self.model, mine, self.cfg, self.teacher,
+                                    self.tok.pad_token_id)
+        (weight * per_token.mean() * share).backward()
+        return float(per_token.mean().detach()) * share, sum(len(p.student) for p in mine)
+
+    def _consolidate(self, opt: Any, sched: Any, params: list[Any], neighbour_stream: Any,
+                     anchor_stream: Any, n_neighbour: int, n_generic: int, *, first_step: int,
+                     callback: StepCallback | None) -> tuple[list[float], int]:
+        """``consolidate_steps`` optimizer steps on the replay anchors alone, after the update
+        has learned its experiences: nothing pulls on the experiences any more, so these steps
+        pull back only what the update moved on unrelated prompts (the same optimizer and
+        learning rate carry on). Returns each step's anchor divergence (before its update)."""
+        cfg, divs, tokens = self.cfg, [], 0
+        n_steps = first_step + cfg.consolidate_steps - 1
+        for step in range(first_step, n_steps + 1):
+            drawn = [next(neighbour_stream) for _ in range(n_neighbour)] + \
+                [next(anchor_stream) for _ in range(n_generic)]
+            div, n_tok = self._anchor_backward(drawn, 1.0)
+            div, n_tok = sum_step(params, div, n_tok)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            divs.append(div)
+            tokens += int(n_tok)
+            if callback is not None:
+                self.model.eval()
+                stop = callback(StepState(step, n_steps, div, float("nan"), div,
+                                          consolidating=True), self.model)
+                self.model.train()
+                if stop:
+                    break
+        return divs, tokens
 
     def declines(self, experiences: Sequence[Experience]) -> dict[str, LetterSplit]:
         """The experiences ``learn`` would leave out (``ELConfig.decline_letter_led``), by their
