@@ -26,11 +26,12 @@ import torch
 
 # Three pairs per step and micro-batches of one: rank 0 takes two micro-batches and two of the three
 # anchors, rank 1 one and one, so the split is uneven and still exact. The relative stop rule ends
-# the single-process run at step 4 of 6 (divergence 3.98, 3.64, 3.27, 2.90 < 0.8 * 3.98).
+# the single-process run at step 4 of 6 (divergence 3.98, 3.64, 3.27, 2.90 < 0.8 * 3.98); two
+# consolidation steps on the anchors alone follow (split the same way).
 CONFIG = dict(max_steps=6, batch_size=3, micro_batch_size=1, learning_rate=5e-3, lora_r=4,
               lora_alpha=8, anchor_weight=1.0, anchor_per_step=3, augment="none", retention=False,
               stop_kl=1e6, stop_kl_fraction=0.8, stop_min_epochs=0, warmup_steps=0,
-              progress=False)
+              consolidate_steps=2, progress=False)
 
 
 def worker(out: Path) -> None:
@@ -66,6 +67,7 @@ def worker(out: Path) -> None:
     trainer.save(out / "adapter")
     lora = {k: v.detach().clone() for k, v in trainer.model.state_dict().items() if "lora_" in k}
     torch.save({"losses": result.losses, "divergences": result.divergences, "steps": result.steps,
+                "consolidation": result.consolidation_divergences,
                 "tokens": result.student_tokens, "grad_norms": norms, "lora": lora},
                out / f"rank{os.environ.get('RANK', '0')}.pt")
 
@@ -102,6 +104,9 @@ def test_two_processes_take_the_single_process_steps(tmp_path):
         assert r["losses"] == pytest.approx(ref["losses"], rel=1e-5)
         assert r["divergences"] == pytest.approx(ref["divergences"], rel=1e-5)
         assert r["grad_norms"] == pytest.approx(ref["grad_norms"], rel=1e-5)
+        assert len(r["grad_norms"]) == 4 + 2  # the update's steps and the consolidation's
+        assert r["consolidation"] == pytest.approx(ref["consolidation"], rel=1e-5)
+        assert len(ref["consolidation"]) == 2 and min(ref["consolidation"]) > 0
         assert r["tokens"] == ref["tokens"]
     assert ref["lora"].keys() == r0["lora"].keys() and ref["lora"]
     moved = max(float(v.abs().max()) for k, v in ref["lora"].items() if "lora_B" in k)
