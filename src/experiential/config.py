@@ -133,9 +133,12 @@ class ELConfig:
 
     consolidate_steps: int = 0
     """After the update's own steps (the last one, or where the stop rule ended it), this many
-    optimizer steps on the replay anchors alone, at the same learning rate: once the experiences
-    are learned nothing pulls on them, and the anchors pull back what the update moved on
-    unrelated prompts. Needs ``anchor_weight > 0``. 0: none."""
+    optimizer steps on the replay anchors alone, with the same optimizer and learning rate: once
+    the experiences are learned nothing pulls on them, and the anchors pull back what the update
+    moved on unrelated prompts. The optimizer's momentum carries the update's own direction into
+    the first of these steps (on an MMLU explanation experience still rising at its last step,
+    P(target) went on rising for four of them, and so did the drift, before the anchors pulled
+    it back). Needs ``anchor_weight > 0``. 0: none."""
 
     # -- optimisation -----------------------------------------------------------------------
     learning_rate: float = 3e-4
