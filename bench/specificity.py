@@ -81,6 +81,11 @@ SETTINGS.update({
     # paired with dev_anchors, from which it differs in the span alone
     "dev_anchors_answer": {"anchor_set": "mmlu_dev", "distill_span": "answer",
                            "against": "dev_anchors"},
+    # answer-only distillation's higher explanation transfer seemed to come with its letter's
+    # larger weight against the anchors (answer_hold): the same with the anchors weighted 3x
+    # (9 against the default 3), paired with dev_anchors_answer, from which it differs in that alone
+    "dev_anchors_answer_w9": {"anchor_set": "mmlu_dev", "distill_span": "answer",
+                              "anchor_weight": 9.0, "against": "dev_anchors_answer"},
     # where the update may change the model: LoRA on the MLP projections only, or on attention
     # only (the default adapts every linear layer); model editing finds factual associations in
     # the MLPs, and an update confined there might spread less to unrelated questions
