@@ -100,6 +100,10 @@ SETTINGS.update({
     # updates' KL: 24 of its MMLU dev questions (seed 0) and the 6 chat prompts, as many
     # anchors as the built-in set (24 everyday questions + 6), so only their kind differs
     "dev_anchors24": {"anchor_set": "mmlu_dev24", "against": "dev_anchors"},
+    # the same kind of anchors without benchmark data: 24 exam-style questions written for the
+    # library (experiential.probes.EXAM_ANCHOR_MC) + the 6 chat prompts, paired with
+    # dev_anchors24, from which it differs in where the 24 questions come from alone
+    "exam_anchors": {"anchor_set": "exam", "against": "dev_anchors24"},
     # the default, then 8 steps on the replay anchors alone (ELConfig.consolidate_steps), with
     # the question and retention also scored after 2 and 4 of them: the update's own steps are
     # the default's (same seed and batches), so each record pairs with the default's exactly
@@ -197,7 +201,7 @@ def main() -> None:
         """Replay anchors answered by the base model (call before a trainer wraps it)."""
         if name not in anchor_sets:
             from experiential.anchors import (build_anchor_pairs, default_anchor_prompts,
-                                              mmlu_dev_anchor_pairs)
+                                              exam_anchor_prompts, mmlu_dev_anchor_pairs)
 
             if name == "mmlu_dev":
                 anchor_sets[name], n = mmlu_dev_anchor_pairs(model, tok, data_dir=args.data_dir)
@@ -210,6 +214,8 @@ def main() -> None:
                 anchor_sets[name] = [every[i] for i in picked] + every[n_dev[0]:]
                 print(f"anchors: 24 of the {n_dev[0]} MMLU dev questions + the built-in chat "
                       "prompts", flush=True)
+            elif name == "exam":
+                anchor_sets[name] = build_anchor_pairs(model, tok, *exam_anchor_prompts())
             else:
                 anchor_sets[name] = build_anchor_pairs(model, tok, *default_anchor_prompts())
         return anchor_sets[name]
@@ -381,6 +387,10 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
         col = lambda k: [x[k] for x in rs]  # noqa: E731
         acc = [100 * x["retention"]["accuracy_change"] for x in rs]
         kl = [x["retention"]["mean_kl"] for x in rs]
+        # KL on the open chat probes, prompts of another kind than the questions (older records
+        # do not have it)
+        chat = [x["retention"]["chat_mean_kl"] for x in rs
+                if x["retention"].get("chat_mean_kl") is not None]
         # expected accuracy (mean P of the right letter): older records do not have it
         pc = [100 * (x["retention"]["p_correct_after"] - x["retention"]["p_correct_before"])
               for x in rs if x["retention"].get("p_correct_before") is not None]
@@ -399,6 +409,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             "retention_worst_acc_change_pts": min(acc),
             "retention_updates_losing_over_1pt": sum(a < -1.0 for a in acc) / len(acc),
             "retention_kl": statistics.mean(kl), "retention_kl_max": max(kl),
+            "retention_chat_kl": statistics.mean(chat) if chat else None,
+            "retention_chat_n": len(chat),
             "retention_p_correct_change_pts": statistics.mean(pc) if pc else None,
             "retention_p_correct_sem": _sem(pc) if pc else None, "retention_p_correct_n": len(pc),
             "steps": statistics.mean(col("steps")), "steps_range": (min(col("steps")),
@@ -423,8 +435,8 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
              "| setting | feedback | updates | steps | P(target) before -> after | teacher | "
              "transfer | target is argmax after | retention accuracy change: mean ± se, worst, "
              "share of updates losing > 1 pt | retention mean P(right letter) change | retention "
-             "KL: mean, max | largest letter-mass gain | s/update |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "KL: mean, max | chat KL | largest letter-mass gain | s/update |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         tr = f"{r['transfer']:.2f}" if r["transfer"] is not None else "-"
         am = f"{r['target_argmax_after']:.0%}" if r["target_argmax_after"] is not None else "-"
@@ -432,13 +444,15 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
             f"{r['retention_p_correct_change_pts']:+.2f} ± {r['retention_p_correct_sem']:.2f} pts"
             + (f" (n={r['retention_p_correct_n']})" if r["retention_p_correct_n"] != r["n"]
                else ""))
+        ck = "-" if r["retention_chat_kl"] is None else f"{r['retention_chat_kl']:.4f}" + (
+            f" (n={r['retention_chat_n']})" if r["retention_chat_n"] != r["n"] else "")
         lines.append(f"| {r['setting']} | {r['kind']} | {r['n']} | {steps_cell(r)} | "
                      f"{r['p_before']:.3f} -> "
                      f"{r['p_after']:.3f} ± {r['p_after_sem']:.3f} | {r['p_teacher']:.3f} | {tr} "
                      f"| {am} | {r['retention_acc_change_pts']:+.2f} ± "
                      f"{r['retention_acc_sem']:.2f} pts, {r['retention_worst_acc_change_pts']:+.1f}"
                      f", {r['retention_updates_losing_over_1pt']:.0%} | {pc} | "
-                     f"{r['retention_kl']:.4f}, {r['retention_kl_max']:.3f} | "
+                     f"{r['retention_kl']:.4f}, {r['retention_kl_max']:.3f} | {ck} | "
                      f"{r['retention_letter_gain']:+.3f} | {r['seconds']:.0f} |")
     pairs = paired_with_default(recs)
     if pairs:
@@ -447,14 +461,16 @@ def summarize(out: Path, args: argparse.Namespace) -> None:
                   "question's update happens to flip) cancels. Settings measured without the "
                   "decline rule are measured against `no_decline`, the default of their time.",
                   "", "| setting | against | feedback | questions | gain in P(target) | "
-                  "retention accuracy | retention mean P(right letter) | retention KL |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "retention accuracy | retention mean P(right letter) | retention KL | chat KL |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for c in pairs:
             n = f"{c['n']}" + (f" ({c['same_run']} the same run)" if c["same_run"] else "")
             lines.append(f"| {c['setting']} | {c['against']} | {c['kind']} | {n} | " + " | ".join(
-                "-" if c[k] is None else f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
-                else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts" for k in ("gain", "acc", "pc", "kl"))
-                + " |")
+                "-" if c[k] is None else f"{c[k][0]:+.4f} ± {c[k][1]:.4f}" if k == "chat_kl"
+                else f"{c[k][0]:+.3f} ± {c[k][1]:.3f}" if k in ("gain", "kl")
+                else f"{c[k][0]:+.2f} ± {c[k][1]:.2f} pts"
+                for k in ("gain", "acc", "pc", "kl", "chat_kl"))
+                + (f" (n={c['chat_n']})" if c["chat_kl"] and c["chat_n"] != c["n"] else "") + " |")
     curve = steps_to_transfer(recs)
     if curve:
         lines += ["", "Steps each update needed, from the per-step P(target) of whole runs (the "
@@ -523,12 +539,15 @@ def paired_with_default(recs: list[dict]) -> list[dict]:
             "pc": [pc(a) - pc(b) for a, b in prs
                    if a["retention"].get("p_correct_before") is not None
                    and b["retention"].get("p_correct_before") is not None],
-            "kl": [a["retention"]["mean_kl"] - b["retention"]["mean_kl"] for a, b in prs]}
+            "kl": [a["retention"]["mean_kl"] - b["retention"]["mean_kl"] for a, b in prs],
+            "chat_kl": [a["retention"]["chat_mean_kl"] - b["retention"]["chat_mean_kl"]
+                        for a, b in prs if a["retention"].get("chat_mean_kl") is not None
+                        and b["retention"].get("chat_mean_kl") is not None]}
         # a default derived from this setting's run (``derived_from``) pairs a run with itself
         same = sum(a.get("probs_after", 0) == b.get("probs_after", 1)
                    and a["retention"]["mean_kl"] == b["retention"]["mean_kl"] for a, b in prs)
         out.append({"setting": setting, "against": against(setting), "kind": kind,
-                    "n": len(prs), "same_run": same,
+                    "n": len(prs), "same_run": same, "chat_n": len(diffs["chat_kl"]),
                     # older records lack expected accuracy: no pairs, no number
                     **{k: (statistics.mean(v), _sem(v)) if v else None for k, v in diffs.items()}})
     return out

@@ -306,6 +306,20 @@ def test_chat_retention_measures_drift_on_open_prompts(tiny_tokenizer):
     assert drift[5.0] < 0.5 * drift[0.0], drift
 
 
+def test_built_in_question_sets_are_balanced_and_disjoint():
+    """Each built-in set has four distinct options per question and every letter right equally
+    often (a drift towards one letter then shows up as lost accuracy), and the probes share no
+    question with any anchor set (retention is measured on prompts the update never saw)."""
+    from experiential.probes import ANCHOR_MC, EXAM_ANCHOR_MC, PROBE_MC
+
+    for qs in (ANCHOR_MC, EXAM_ANCHOR_MC, PROBE_MC):
+        assert all(len(set(q.choices)) == 4 for q in qs)
+        assert [sum(q.answer == k for q in qs) for k in range(4)] == [len(qs) // 4] * 4
+    probe_texts = {q.question for q in PROBE_MC}
+    assert not probe_texts & {q.question for q in ANCHOR_MC + EXAM_ANCHOR_MC}
+    assert len({q.id for q in ANCHOR_MC + EXAM_ANCHOR_MC + PROBE_MC}) == 72
+
+
 def test_neighbour_questions_are_parsed_one_per_line():
     from experiential.anchors import neighbour_questions
 
