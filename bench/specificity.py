@@ -101,9 +101,12 @@ SETTINGS.update({
     # anchors as the built-in set (24 everyday questions + 6), so only their kind differs
     "dev_anchors24": {"anchor_set": "mmlu_dev24", "against": "dev_anchors"},
     # the same kind of anchors without benchmark data: 24 exam-style questions written for the
-    # library (experiential.probes.EXAM_ANCHOR_MC) + the 6 chat prompts, paired with
+    # library (the first 24 of experiential.probes.EXAM_ANCHOR_MC) + the 6 chat prompts, paired with
     # dev_anchors24, from which it differs in where the 24 questions come from alone
     "exam_anchors": {"anchor_set": "exam", "against": "dev_anchors24"},
+    # all 208 of them (+ the 6 chat prompts), as many and as varied as dev_anchors' 251: does a
+    # large built-in set hold the chat probes as the 251 dev questions did? Paired with dev_anchors
+    "exam_anchors_all": {"anchor_set": "exam_all", "against": "dev_anchors"},
     # the default, then 8 steps on the replay anchors alone (ELConfig.consolidate_steps), with
     # the question and retention also scored after 2 and 4 of them: the update's own steps are
     # the default's (same seed and batches), so each record pairs with the default's exactly
@@ -214,8 +217,9 @@ def main() -> None:
                 anchor_sets[name] = [every[i] for i in picked] + every[n_dev[0]:]
                 print(f"anchors: 24 of the {n_dev[0]} MMLU dev questions + the built-in chat "
                       "prompts", flush=True)
-            elif name == "exam":
-                anchor_sets[name] = build_anchor_pairs(model, tok, *exam_anchor_prompts())
+            elif name in ("exam", "exam_all"):  # the first 24 of the built-in exam set, or all
+                anchor_sets[name] = build_anchor_pairs(
+                    model, tok, *exam_anchor_prompts(24 if name == "exam" else None))
             else:
                 anchor_sets[name] = build_anchor_pairs(model, tok, *default_anchor_prompts())
         return anchor_sets[name]

@@ -38,14 +38,15 @@ def default_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
     return mc, chat
 
 
-def exam_anchor_prompts() -> tuple[list[list[Message]], list[list[Message]]]:
-    """(multiple-choice prompts, open chat prompts) of the built-in *exam* anchor set: 24
-    exam-style questions written for the library (:data:`experiential.probes.EXAM_ANCHOR_MC`) in
-    place of the everyday ones, and the same chat prompts."""
+def exam_anchor_prompts(n: int | None = None) -> tuple[list[list[Message]], list[list[Message]]]:
+    """(multiple-choice prompts, open chat prompts) of the built-in *exam* anchor set: the first
+    ``n`` (default all 208) exam-style questions written for the library
+    (:func:`experiential.probes.exam_questions`) in place of the everyday ones, and the same chat
+    prompts."""
     from .probes import EXAM_ANCHOR_MC
     from .tasks.mc import format_mc
 
-    mc = [[{"role": "user", "content": format_mc(q)}] for q in EXAM_ANCHOR_MC]
+    mc = [[{"role": "user", "content": format_mc(q)}] for q in EXAM_ANCHOR_MC[:n]]
     return mc, default_anchor_prompts()[1]
 
 

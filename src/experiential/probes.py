@@ -52,67 +52,24 @@ ANCHOR_MC = _mc("anchor", [
     ("What color do you get by mixing blue and yellow?", ["Purple", "Orange", "Red", "Green"], 3),
 ])
 
-EXAM_ANCHOR_MC = _mc("exam", [
-    # Exam-style questions across the subjects of a university curriculum, written for this
-    # project (no benchmark data): replay anchors of the kind the MMLU retention probes are. 24
-    # MMLU dev questions as anchors in place of the 24 everyday ones above halved the retention KL
-    # of explanation updates (reports/specificity.md, dev_anchors24); this set asks whether
-    # questions of that kind a user has without benchmark data do the same.
-    ("In a perfectly competitive market in long-run equilibrium, the price a firm charges equals",
-     ["its minimum average total cost", "its maximum marginal revenue",
-      "its average fixed cost", "the price a monopolist would charge"], 0),
-    ("Which layer of the Sun is seen as its surface in ordinary visible light?",
-     ["Corona", "Photosphere", "Chromosphere", "Core"], 1),
-    ("What is the hybridisation of the carbon atom in methane (CH4)?",
-     ["sp", "sp2", "sp3", "dsp2"], 2),
-    ("Where in a eukaryotic cell does the citric acid (Krebs) cycle take place?",
-     ["Ribosome", "Golgi apparatus", "Lysosome", "Mitochondrial matrix"], 3),
-    ("Which statement is logically equivalent to 'If P, then Q'?",
-     ["If not Q, then not P", "If Q, then P", "If not P, then not Q", "P and not Q"], 0),
-    ("In classical conditioning, a neutral stimulus that comes to elicit a response after being "
-     "paired with another stimulus is called the",
-     ["unconditioned stimulus", "conditioned stimulus", "unconditioned response",
-      "discriminative stimulus"], 1),
-    ("When a central bank buys government bonds on the open market, the money supply usually",
-     ["decreases", "is unaffected", "increases", "decreases, and interest rates fall"], 2),
-    ("Which vessels carry oxygenated blood from the lungs to the heart?",
-     ["Pulmonary artery", "Superior vena cava", "Aorta", "Pulmonary veins"], 3),
-    ("What is the worst-case time complexity of quicksort on n elements?",
-     ["O(n^2)", "O(n log n)", "O(n)", "O(log n)"], 0),
-    ("In common-law systems, the principle that courts follow earlier decisions on the same point "
-     "of law is called",
-     ["habeas corpus", "stare decisis", "mens rea", "res judicata"], 1),
-    ("A stone is dropped from rest. Ignoring air resistance and taking g = 10 m/s^2, how far "
-     "has it fallen after 2 seconds?",
-     ["10 m", "40 m", "20 m", "5 m"], 2),
-    ("Which scripture is the central holy book of Sikhism?",
-     ["Tripitaka", "Avesta", "Talmud", "Guru Granth Sahib"], 3),
-    ("Which enzyme lets a retrovirus such as HIV make DNA from its RNA genome?",
-     ["Reverse transcriptase", "DNA ligase", "RNA polymerase II", "Helicase"], 0),
-    ("Which philosopher formulated the categorical imperative?",
-     ["John Stuart Mill", "Immanuel Kant", "David Hume", "Thomas Hobbes"], 1),
-    ("In an ordinary least squares regression, the R-squared statistic measures",
-     ["the slope of the fitted line", "the p-value of the intercept",
-      "the share of the variance of the dependent variable explained by the regressors",
-      "the number of observations"], 2),
-    ("The Neolithic Revolution refers mainly to the shift to",
-     ["working bronze", "painting in caves", "using fire", "farming and settled life"], 3),
-    ("How many members does the United States Senate have?", ["100", "435", "50", "535"], 0),
-    ("A deficiency of which vitamin causes scurvy?",
-     ["Vitamin A", "Vitamin C", "Vitamin D", "Vitamin K"], 1),
-    ("Two 6-ohm resistors connected in parallel have an equivalent resistance of",
-     ["12 ohms", "6 ohms", "3 ohms", "36 ohms"], 2),
-    ("Who wrote 'The Protestant Ethic and the Spirit of Capitalism'?",
-     ["Emile Durkheim", "Karl Marx", "Auguste Comte", "Max Weber"], 3),
-    ("The 'four Ps' of the marketing mix are product, price, place and",
-     ["promotion", "people", "profit", "packaging"], 0),
-    ("What is the pH of a 0.01 M solution of hydrochloric acid?", ["1", "2", "7", "12"], 1),
-    ("Which of these rivers flows into the Mediterranean Sea?",
-     ["Danube", "Volga", "Nile", "Mississippi"], 2),
-    ("Which organ of the United Nations has five permanent members with a veto?",
-     ["General Assembly", "International Court of Justice", "Economic and Social Council",
-      "Security Council"], 3),
-])
+def exam_questions() -> list[MCQuestion]:
+    """The built-in *exam* anchor questions (``data/exam_anchors.jsonl``, 208 of them): exam-style
+    four-option questions across some 40 subjects of a school and university curriculum, written
+    for this project (no benchmark data), each letter right 52 times. Replay anchors of the kind
+    the MMLU retention probes are, for users without benchmark data: MMLU dev questions as anchors
+    halved the retention KL of explanation updates on the MMLU probes whether there were 24 or 251
+    of them, but only the 251 halved it on the open chat probes (``reports/specificity.md``,
+    ``dev_anchors24``), so the set is large and varied. The first 24 are the set of that size."""
+    import json
+    from importlib import resources
+
+    text = resources.files("experiential").joinpath("data/exam_anchors.jsonl").read_text("utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [MCQuestion(d["question"], list(d["choices"]), int(d["answer"]), subject=d["subject"],
+                       id=f"exam-{i:03d}") for i, d in enumerate(rows, start=1)]
+
+
+EXAM_ANCHOR_MC = exam_questions()
 
 PROBE_MC = _mc("probe", [
     ("What is the capital of France?", ["Paris", "Berlin", "London", "Madrid"], 0),
