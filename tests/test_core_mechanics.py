@@ -456,6 +456,18 @@ def test_anchor_file_takes_multiple_choice_and_open_anchors(tiny_tokenizer, tmp_
                             cfg(anchor_weight=1.0, anchor_prompts=str(bad))).anchor_pairs()
 
 
+def test_exam_anchors_replay_every_built_in_exam_question(tiny_tokenizer):
+    from conftest import build_tiny_model
+    from experiential.probes import EXAM_ANCHOR_MC
+    from experiential.tasks.mc import format_mc
+
+    trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
+                                  cfg(anchor_weight=1.0, anchor_prompts="exam"))
+    replayed = [tiny_tokenizer.decode(p.student.context) for p in trainer.anchor_pairs()]
+    assert all(any(format_mc(q) in text for text in replayed) for q in EXAM_ANCHOR_MC)
+    assert not any("What is the largest ocean on Earth?" in t for t in replayed)  # not everyday
+
+
 def test_answer_span_is_the_final_answer():
     from experiential.focus import answer_span
 

@@ -126,6 +126,18 @@ def test_critic_explanation_source_names_the_backend():
     assert explainer_source(local) == "critic: local model critic (Qwen2.5-Coder-1.5B-Instruct)"
 
 
+def test_exam_anchors_are_the_trainers(tiny_model, tiny_tokenizer, tmp_path):
+    """``anchors="exam"`` hands the built-in exam set to the trainer (the config records it) and
+    the report says which anchors held the update."""
+    el = ELConfig(max_steps=1, progress=False, lora_r=2, decline_letter_led=False,
+                  anchor_per_step=2)
+    cfg = ShiftConfig(n_questions=2, retention_n=4, kinds=("letter",), anchors="exam")
+    report = run("tiny", tmp_path, cfg, el, questions=QS, probes=QS[:4],
+                 load=lambda _: (tiny_model, tiny_tokenizer))
+    assert report["config"]["anchor_prompts"] == "exam" and report["anchors"] == "exam"
+    assert "the built-in exam set" in (tmp_path / "report.md").read_text()
+
+
 def test_mmlu_dev_anchors_replay_short_four_option_dev_questions(tiny_model, tiny_tokenizer,
                                                                  tmp_path, monkeypatch):
     import experiential.tasks.data as data
@@ -169,5 +181,5 @@ def test_mmlu_dev_anchors_replay_short_four_option_dev_questions(tiny_model, tin
     with pytest.raises(ValueError, match="both choose the replay anchors"):
         run("tiny", tmp_path / "x", cfg, el.replace(anchor_prompts="a.jsonl"), questions=QS,
             probes=QS[:4], load=lambda _: (tiny_model, tiny_tokenizer))
-    with pytest.raises(ValueError, match="choose one of builtin, mmlu_dev"):
+    with pytest.raises(ValueError, match="choose one of builtin, exam, mmlu_dev"):
         ShiftConfig(anchors="dev")

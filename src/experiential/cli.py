@@ -556,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks.mmlu_shift import ANCHOR_SETS
 
     r.add_argument("--anchors", choices=ANCHOR_SETS, default="builtin",
-                   help="replay anchors: the built-in everyday set, or the MMLU dev questions "
-                        "(from the probes' distribution; slower steps)")
+                   help="replay anchors: the built-in everyday set, the built-in exam set (208 "
+                        "exam-style questions), or the MMLU dev questions (from the probes' "
+                        "distribution; slower steps)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--kinds", help="comma-separated subset of letter,letter_explanation,"
                                    "explanation,control (default: all four)")

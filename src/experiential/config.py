@@ -71,7 +71,9 @@ class ELConfig:
     Prompts in an experience's ``metadata["neighbours"]`` are always used this way."""
     anchor_prompts: Optional[str] = None
     """JSONL of replay anchors: ``{"prompt": ...}`` (open) or ``{"question", "choices"}``
-    (multiple choice); default: the built-in anchor set."""
+    (multiple choice); or ``"exam"``: the built-in exam set (208 exam-style four-option questions
+    written for the library, :func:`experiential.probes.exam_questions`, and the chat prompts);
+    default: the built-in everyday set (24 everyday questions and 6 chat prompts)."""
     augment: str = "rotate_options"
     """``rotate_options``: for multiple-choice prompts, also learn the experience with its options
     rotated (letters in feedback and attempt follow), so no answer letter is learned as such.

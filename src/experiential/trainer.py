@@ -39,8 +39,8 @@ import torch
 from .augment import augment, parse_augment, source_id
 from .paraphrase import paraphrase
 from .reflection import reflect
-from .anchors import (build_anchor_pairs, default_anchor_prompts, load_anchor_file,
-                      neighbour_anchor_pairs)
+from .anchors import (build_anchor_pairs, default_anchor_prompts, exam_anchor_prompts,
+                      load_anchor_file, neighbour_anchor_pairs)
 from .config import ELConfig
 from .distributed import from_main, process_state, rank_and_world, sum_step, sync_start
 from .experience import Experience
@@ -218,7 +218,9 @@ class ExperientialTrainer:
             if self.cfg.anchor_weight <= 0:
                 self._anchor_pairs = []
             else:
-                if self.cfg.anchor_prompts:
+                if self.cfg.anchor_prompts == "exam":
+                    mc, chat = exam_anchor_prompts()
+                elif self.cfg.anchor_prompts:
                     mc, chat = load_anchor_file(self.cfg.anchor_prompts)
                 else:
                     mc, chat = default_anchor_prompts()

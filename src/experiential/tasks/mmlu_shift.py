@@ -140,7 +140,7 @@ def feedback_for(kind: str, q: MCQuestion, wrong: int, explanation: str) -> tupl
     raise ValueError(kind)
 
 
-ANCHOR_SETS = ("builtin", "mmlu_dev")
+ANCHOR_SETS = ("builtin", "exam", "mmlu_dev")
 
 
 @dataclass
@@ -152,7 +152,8 @@ class ShiftConfig:
     retention_n: int = 48
     anchors: str = "builtin"
     """Replay anchors: ``builtin`` (the library's everyday questions and chat prompts, or
-    ``ELConfig.anchor_prompts``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most
+    ``ELConfig.anchor_prompts``), ``exam`` (the library's 208 exam-style questions and the chat
+    prompts: ``ELConfig.anchor_prompts="exam"``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most
     :data:`experiential.anchors.MC_ANCHOR_MAX_TOKENS` prompt tokens, answered by the base model,
     plus the built-in chat prompts: anchors from the probes' distribution,
     :func:`experiential.anchors.mmlu_dev_anchor_pairs`)."""
@@ -235,6 +236,8 @@ def run(model_name: str, out_dir: str | Path, cfg: ShiftConfig, el: ELConfig, *,
     if wants_explanations:
         explanations = st.run("explanations", lambda: {q.id: explainer(q) for q in chosen})
     anchor_pairs, n_dev = None, 0
+    if cfg.anchors == "exam":
+        el = el.replace(anchor_prompts="exam")
     if cfg.anchors == "mmlu_dev" and el.anchor_weight > 0:
         from ..anchors import mmlu_dev_anchor_pairs
 
@@ -351,6 +354,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"Ours: `{report['model']}`, {report['n_questions']} MMLU test questions it gets "
              f"wrong, seed {report['seed']}, one EL update per kind over all of them. "
              f"Published: {pub['model']}.\n"]
+    if report.get("anchors") == "exam":
+        lines.append("Replay anchors: the built-in exam set (208 exam-style questions written for "
+                     "the library, answered by the base model) and the built-in chat prompts.\n")
     if report.get("anchor_questions"):
         lines.append(f"Replay anchors: {report['anchor_questions']} MMLU dev questions (answered "
                      f"by the base model) and the built-in chat prompts.\n")
