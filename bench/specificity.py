@@ -101,8 +101,8 @@ SETTINGS.update({
     # anchors as the built-in set (24 everyday questions + 6), so only their kind differs
     "dev_anchors24": {"anchor_set": "mmlu_dev24", "against": "dev_anchors"},
     # the same kind of anchors without benchmark data: 24 exam-style questions written for the
-    # library (the first 24 of experiential.probes.EXAM_ANCHOR_MC) + the 6 chat prompts, paired with
-    # dev_anchors24, from which it differs in where the 24 questions come from alone
+    # library (the first 24 of experiential.probes.exam_questions()) + the 6 chat prompts,
+    # paired with dev_anchors24, from which it differs in where the 24 questions come from alone
     "exam_anchors": {"anchor_set": "exam", "against": "dev_anchors24"},
     # all 208 of them (+ the 6 chat prompts), as many and as varied as dev_anchors' 251: does a
     # large built-in set hold the chat probes as the 251 dev questions did? Paired with dev_anchors

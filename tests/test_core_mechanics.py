@@ -310,8 +310,9 @@ def test_built_in_question_sets_are_balanced_and_disjoint():
     """Each built-in set has four distinct options per question and every letter right equally
     often (a drift towards one letter then shows up as lost accuracy), and the probes share no
     question with any anchor set (retention is measured on prompts the update never saw)."""
-    from experiential.probes import ANCHOR_MC, EXAM_ANCHOR_MC, PROBE_MC
+    from experiential.probes import ANCHOR_MC, PROBE_MC, exam_questions
 
+    EXAM_ANCHOR_MC = exam_questions()
     for qs in (ANCHOR_MC, EXAM_ANCHOR_MC[:24], EXAM_ANCHOR_MC, PROBE_MC):
         assert all(len(set(q.choices)) == 4 for q in qs)
         assert [sum(q.answer == k for q in qs) for k in range(4)] == [len(qs) // 4] * 4
@@ -458,13 +459,13 @@ def test_anchor_file_takes_multiple_choice_and_open_anchors(tiny_tokenizer, tmp_
 
 def test_exam_anchors_replay_every_built_in_exam_question(tiny_tokenizer):
     from conftest import build_tiny_model
-    from experiential.probes import EXAM_ANCHOR_MC
+    from experiential.probes import exam_questions
     from experiential.tasks.mc import format_mc
 
     trainer = ExperientialTrainer(build_tiny_model(len(tiny_tokenizer), seed=1), tiny_tokenizer,
                                   cfg(anchor_weight=1.0, anchor_prompts="exam"))
     replayed = [tiny_tokenizer.decode(p.student.context) for p in trainer.anchor_pairs()]
-    assert all(any(format_mc(q) in text for text in replayed) for q in EXAM_ANCHOR_MC)
+    assert all(any(format_mc(q) in text for text in replayed) for q in exam_questions())
     assert not any("What is the largest ocean on Earth?" in t for t in replayed)  # not everyday
 
 

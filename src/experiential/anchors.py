@@ -43,10 +43,10 @@ def exam_anchor_prompts(n: int | None = None) -> tuple[list[list[Message]], list
     ``n`` (default all 208) exam-style questions written for the library
     (:func:`experiential.probes.exam_questions`) in place of the everyday ones, and the same chat
     prompts."""
-    from .probes import EXAM_ANCHOR_MC
+    from .probes import exam_questions
     from .tasks.mc import format_mc
 
-    mc = [[{"role": "user", "content": format_mc(q)}] for q in EXAM_ANCHOR_MC[:n]]
+    mc = [[{"role": "user", "content": format_mc(q)}] for q in exam_questions()[:n]]
     return mc, default_anchor_prompts()[1]
 
 

@@ -10,6 +10,7 @@ accuracy and as a change of letter mass.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,7 @@ ANCHOR_MC = _mc("anchor", [
     ("What color do you get by mixing blue and yellow?", ["Purple", "Orange", "Red", "Green"], 3),
 ])
 
+@functools.cache
 def exam_questions() -> list[MCQuestion]:
     """The built-in *exam* anchor questions (``data/exam_anchors.jsonl``, 208 of them): exam-style
     four-option questions across some 40 subjects of a school and university curriculum, written
@@ -59,17 +61,11 @@ def exam_questions() -> list[MCQuestion]:
     the MMLU retention probes are, for users without benchmark data: MMLU dev questions as anchors
     halved the retention KL of explanation updates on the MMLU probes whether there were 24 or 251
     of them, but only the 251 halved it on the open chat probes (``reports/specificity.md``,
-    ``dev_anchors24``), so the set is large and varied. The first 24 are the set of that size."""
-    import json
-    from importlib import resources
+    ``dev_anchors24``), so the set is large and varied. The first 24 are the set of that size.
+    Read on first use (not at import), once."""
+    from .retention import load_probes
 
-    text = resources.files("experiential").joinpath("data/exam_anchors.jsonl").read_text("utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [MCQuestion(d["question"], list(d["choices"]), int(d["answer"]), subject=d["subject"],
-                       id=f"exam-{i:03d}") for i, d in enumerate(rows, start=1)]
-
-
-EXAM_ANCHOR_MC = exam_questions()
+    return load_probes(Path(__file__).parent / "data" / "exam_anchors.jsonl")
 
 PROBE_MC = _mc("probe", [
     ("What is the capital of France?", ["Paris", "Berlin", "London", "Madrid"], 0),

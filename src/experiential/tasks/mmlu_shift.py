@@ -153,10 +153,10 @@ class ShiftConfig:
     anchors: str = "builtin"
     """Replay anchors: ``builtin`` (the library's everyday questions and chat prompts, or
     ``ELConfig.anchor_prompts``), ``exam`` (the library's 208 exam-style questions and the chat
-    prompts: ``ELConfig.anchor_prompts="exam"``) or ``mmlu_dev`` (the four-option MMLU dev questions of at most
-    :data:`experiential.anchors.MC_ANCHOR_MAX_TOKENS` prompt tokens, answered by the base model,
-    plus the built-in chat prompts: anchors from the probes' distribution,
-    :func:`experiential.anchors.mmlu_dev_anchor_pairs`)."""
+    prompts: ``ELConfig.anchor_prompts="exam"``) or ``mmlu_dev`` (the four-option MMLU dev
+    questions of at most :data:`experiential.anchors.MC_ANCHOR_MAX_TOKENS` prompt tokens,
+    answered by the base model, plus the built-in chat prompts: anchors from the probes'
+    distribution, :func:`experiential.anchors.mmlu_dev_anchor_pairs`)."""
 
     def __post_init__(self) -> None:
         if self.anchors not in ANCHOR_SETS:
