@@ -312,11 +312,11 @@ def test_built_in_question_sets_are_balanced_and_disjoint():
     question with any anchor set (retention is measured on prompts the update never saw)."""
     from experiential.probes import ANCHOR_MC, PROBE_MC, exam_questions
 
-    EXAM_ANCHOR_MC = exam_questions()
-    for qs in (ANCHOR_MC, EXAM_ANCHOR_MC[:24], EXAM_ANCHOR_MC, PROBE_MC):
+    exam = exam_questions()
+    for qs in (ANCHOR_MC, exam[:24], exam, PROBE_MC):
         assert all(len(set(q.choices)) == 4 for q in qs)
         assert [sum(q.answer == k for q in qs) for k in range(4)] == [len(qs) // 4] * 4
-    every = ANCHOR_MC + EXAM_ANCHOR_MC + PROBE_MC
+    every = [*ANCHOR_MC, *exam, *PROBE_MC]
     assert len({q.question for q in every}) == len({q.id for q in every}) == len(every)
 
 

@@ -54,7 +54,7 @@ ANCHOR_MC = _mc("anchor", [
 ])
 
 @functools.cache
-def exam_questions() -> list[MCQuestion]:
+def exam_questions() -> tuple[MCQuestion, ...]:
     """The built-in *exam* anchor questions (``data/exam_anchors.jsonl``, 208 of them): exam-style
     four-option questions across some 40 subjects of a school and university curriculum, written
     for this project (no benchmark data), each letter right 52 times. Replay anchors of the kind
@@ -62,10 +62,10 @@ def exam_questions() -> list[MCQuestion]:
     halved the retention KL of explanation updates on the MMLU probes whether there were 24 or 251
     of them, but only the 251 halved it on the open chat probes (``reports/specificity.md``,
     ``dev_anchors24``), so the set is large and varied. The first 24 are the set of that size.
-    Read on first use (not at import), once."""
+    Read on first use (not at import), once; a tuple, so no caller can change the cached set."""
     from .retention import load_probes
 
-    return load_probes(Path(__file__).parent / "data" / "exam_anchors.jsonl")
+    return tuple(load_probes(Path(__file__).parent / "data" / "exam_anchors.jsonl"))
 
 PROBE_MC = _mc("probe", [
     ("What is the capital of France?", ["Paris", "Berlin", "London", "Madrid"], 0),
