@@ -87,7 +87,7 @@ def main() -> None:
          "question": q.id, "rows": rows}, indent=1))
     lines = ["# Time per EL update by replay-anchor set\n",
              f"Model `{args.model}`, fp32, CPU ({torch.get_num_threads()} threads), one letter "
-             f"experience (MMLU {q.id}), {args.steps} optimizer steps per update, 8 anchors per "
+             f"experience (MMLU {q.id}), {args.steps} optimizer steps per update, {cfg.anchor_per_step} anchors per "
              f"step, stop rule off, no retention scoring; one process. Cold: a fresh trainer "
              f"(each anchor's frozen-model logits computed when first drawn); warm: a second "
              f"update with the same trainer. Command: `{command}`.\n",
